@@ -21,6 +21,14 @@ MAX_SUMMARY_BYTES = 4096
 # Feature importances kept in the summary; the full list is in the result file.
 TOP_FEATURES = 10
 
+# Trainer exit codes.  The operator's pod failure policy fails the job at once
+# on the permanent ones instead of retrying a pod that will fail the same way.
+EXIT_OK = 0
+EXIT_RETRYABLE = 1  # unexpected error, a lost rank or a collective timeout
+EXIT_CONFIG_ERROR = 2  # invalid spec or unreadable dataset: permanent
+EXIT_GATE_FAILED = 3  # trained, but the performance gate failed: permanent
+PERMANENT_EXIT_CODES = (EXIT_CONFIG_ERROR, EXIT_GATE_FAILED)
+
 
 class FeatureImportance(CamelModel):
     name: str
