@@ -1,0 +1,321 @@
+"""Process groups for training under torchrun, and the collectives the trainer uses.
+
+torchrun starts one worker process per GPU (or per CPU slot) on every node and
+tells each worker who it is through environment variables: ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and
+``MASTER_PORT``.  :func:`init_distributed` reads them and joins the process
+group: NCCL when the worker trains on CUDA, gloo on CPU.  Without those
+variables (or with ``WORLD_SIZE=1``) it returns a single-process context and
+every collective here becomes a cheap local operation, so the same code runs
+on a laptop, in a single pod and under torchrun.
+
+Failures of other ranks surface as :class:`DistributedError`.  Its exit code
+is ``EXIT_RETRYABLE``, because a lost node is a transient fault that the
+Job's pod failure policy should retry, unlike an invalid spec.  Every
+collective runs under the timeout given to :func:`init_distributed`, so a
+rank that dies or hangs ends the job with a clear message instead of leaving
+the others waiting forever.
+
+Python objects (trial results, parameter sets) travel through a gloo group
+even when the tensors use NCCL, because NCCL can only move CUDA tensors and
+pickled objects are small.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from quanttrain.trainer.summary import EXIT_RETRYABLE
+
+log = logging.getLogger(__name__)
+
+# Collective timeout when the caller gives none.  Long enough for the slowest
+# step that ranks wait on each other for (a validation pass or one search
+# trial on the slowest rank), short enough that a dead rank is noticed within
+# minutes.
+DEFAULT_TIMEOUT_SECONDS = 600.0
+
+# Ranks wait on rank 0 at the end of a job while it evaluates and registers
+# the model, which can take far longer than one collective should.
+FINAL_WAIT_TIMEOUT_SECONDS = 6 * 3600.0
+
+_ENVIRONMENT_INTEGERS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+class DistributedError(RuntimeError):
+    """A distributed operation failed: a rank died, hung past the timeout or could not connect.
+
+    The trainer exits with :attr:`exit_code` (``EXIT_RETRYABLE``), so the Job
+    restarts the pods and training resumes from the latest checkpoint.
+    """
+
+    exit_code = EXIT_RETRYABLE
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedContext:
+    """Who this process is among the job's workers, and how it talks to the others."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    master_addr: str | None = None
+    master_port: int | None = None
+    # Restarts torchrun has made of this worker group (0 on the first start).
+    restart_count: int = 0
+    # torchrun's --rdzv-id: the same for every rank and every restart of one job.
+    run_id: str | None = None
+    backend: str | None = None
+    device: str = "cpu"
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> DistributedContext:
+        """Read the torchrun variables; raise ValueError naming any malformed one."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, int] = {}
+        problems = []
+        for name in (*_ENVIRONMENT_INTEGERS, "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT"):
+            raw = environ.get(name)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[name] = int(raw)
+            except ValueError:
+                problems.append(f"{name}={raw!r} is not an integer")
+        if problems:
+            raise ValueError("invalid torchrun environment: " + "; ".join(problems))
+
+        world_size = values.get("WORLD_SIZE", 1)
+        rank = values.get("RANK", 0)
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(
+                f"invalid torchrun environment: RANK={rank} must be in 0..WORLD_SIZE-1 "
+                f"and WORLD_SIZE={world_size} at least 1"
+            )
+        return cls(
+            rank=rank,
+            world_size=world_size,
+            local_rank=values.get("LOCAL_RANK", 0),
+            local_world_size=values.get("LOCAL_WORLD_SIZE", 1),
+            master_addr=environ.get("MASTER_ADDR") or None,
+            master_port=values.get("MASTER_PORT"),
+            restart_count=values.get("TORCHELASTIC_RESTART_COUNT", 0),
+            run_id=environ.get("TORCHELASTIC_RUN_ID") or None,
+        )
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_primary(self) -> bool:
+        return self.rank == 0
+
+    def describe(self) -> str:
+        """One line for logs: rank, world size, backend and device."""
+        if not self.is_distributed:
+            return f"single process on {self.device}"
+        return (
+            f"rank {self.rank}/{self.world_size} (local {self.local_rank}/{self.local_world_size}), "
+            f"{self.backend} on {self.device}, master {self.master_addr}:{self.master_port}"
+        )
+
+
+_SINGLE_PROCESS = DistributedContext()
+_active: DistributedContext = _SINGLE_PROCESS
+# Groups created at start-up: every rank must create them in the same order.
+_object_group: Any = None
+_final_group: Any = None
+
+
+def current_context() -> DistributedContext:
+    """The context set by :func:`init_distributed`, or the single-process one."""
+    return _active
+
+
+def is_primary() -> bool:
+    """Whether this process is rank 0, the one that writes results (true outside torchrun)."""
+    return _active.is_primary
+
+
+def init_distributed(gpu: bool, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> DistributedContext:
+    """Join the torchrun process group, or return a single-process context outside torchrun.
+
+    ``gpu`` asks for CUDA: the worker then uses the GPU of its LOCAL_RANK and
+    NCCL; without CUDA it falls back to the CPU and gloo, with a warning.
+    ``timeout_seconds`` bounds every collective, so a dead rank raises
+    :class:`DistributedError` within that time.
+    """
+    global _active, _object_group, _final_group
+    import torch
+    import torch.distributed as dist
+
+    context = DistributedContext.from_environment()
+    use_cuda = gpu and torch.cuda.is_available()
+    if gpu and not use_cuda:
+        log.warning("GPU Enabled is set but CUDA is not available; training on the CPU")
+    device = f"cuda:{context.local_rank}" if use_cuda else "cpu"
+    if use_cuda:
+        torch.cuda.set_device(context.local_rank)
+
+    if not context.is_distributed:
+        _active = dataclasses.replace(context, device=device, timeout_seconds=timeout_seconds)
+        return _active
+
+    backend = "nccl" if use_cuda else "gloo"
+    timeout = datetime.timedelta(seconds=timeout_seconds)
+    with translate_errors("joining the process group"):
+        if use_cuda:
+            dist.init_process_group(
+                backend, timeout=timeout, device_id=torch.device(device)
+            )
+        else:
+            dist.init_process_group(backend, timeout=timeout)
+        _object_group = dist.new_group(backend="gloo", timeout=timeout) if use_cuda else None
+        _final_group = dist.new_group(
+            backend="gloo", timeout=datetime.timedelta(seconds=FINAL_WAIT_TIMEOUT_SECONDS)
+        )
+    _active = dataclasses.replace(context, backend=backend, device=device, timeout_seconds=timeout_seconds)
+    log.info("joined the process group as %s", _active.describe())
+    return _active
+
+
+def shutdown() -> None:
+    """Leave the process group; safe to call more than once and outside torchrun."""
+    global _active, _object_group, _final_group
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except (RuntimeError, dist.DistError) as error:
+            # A peer that already died can make the teardown fail; the job is over anyway.
+            log.warning("leaving the process group failed: %s", error)
+    _active = _SINGLE_PROCESS
+    _object_group = None
+    _final_group = None
+
+
+@contextlib.contextmanager
+def translate_errors(operation: str) -> Iterator[None]:
+    """Turn a failed collective into a DistributedError that says what was being done."""
+    import torch.distributed as dist
+
+    try:
+        yield
+    except (dist.DistError, RuntimeError) as error:
+        raise DistributedError(_failure_message(operation, error)) from error
+
+
+def _failure_message(operation: str, error: BaseException) -> str:
+    context = _active
+    lines = str(error).strip().splitlines()
+    cause = lines[0] if lines else type(error).__name__
+    return (
+        f"distributed training failed while {operation} on rank {context.rank} of "
+        f"{context.world_size}: {cause}. Another rank probably died or stopped responding "
+        f"(collective timeout {context.timeout_seconds:g} s). The job exits with code "
+        f"{EXIT_RETRYABLE} so that it is retried and resumes from its latest checkpoint"
+    )
+
+
+def barrier(operation: str = "waiting for every rank") -> None:
+    """Wait until every rank arrives; a no-op in a single process."""
+    import torch.distributed as dist
+
+    if not _active.is_distributed:
+        return
+    with translate_errors(operation):
+        if _active.backend == "nccl":
+            dist.barrier(device_ids=[_active.local_rank])
+        else:
+            dist.barrier()
+
+
+def broadcast_object(value: Any, source: int = 0) -> Any:
+    """Return rank ``source``'s ``value`` on every rank (picklable objects only)."""
+    import torch.distributed as dist
+
+    if not _active.is_distributed:
+        return value
+    holder = [value if _active.rank == source else None]
+    with translate_errors("broadcasting an object"):
+        dist.broadcast_object_list(holder, src=source, group=_object_group)
+    return holder[0]
+
+
+def all_gather_objects(value: Any) -> list[Any]:
+    """Return every rank's ``value``, ordered by rank, on every rank."""
+    import torch.distributed as dist
+
+    if not _active.is_distributed:
+        return [value]
+    gathered: list[Any] = [None] * _active.world_size
+    with translate_errors("gathering results from every rank"):
+        dist.all_gather_object(gathered, value, group=_object_group)
+    return gathered
+
+
+def gather_objects_to_primary(value: Any) -> list[Any] | None:
+    """Return every rank's ``value``, ordered by rank, on rank 0, and None on the others."""
+    import torch.distributed as dist
+
+    if not _active.is_distributed:
+        return [value]
+    gathered: list[Any] | None = [None] * _active.world_size if _active.is_primary else None
+    with translate_errors("gathering results on rank 0"):
+        dist.gather_object(value, gathered, dst=0, group=_object_group)
+    return gathered
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Return the element-wise sum of ``values`` over all ranks, the same on every rank."""
+    import torch
+    import torch.distributed as dist
+
+    if not _active.is_distributed:
+        return [float(value) for value in values]
+    device = _active.device if _active.backend == "nccl" else "cpu"
+    totals = torch.tensor(values, dtype=torch.float64, device=device)
+    with translate_errors("summing values over the ranks"):
+        dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+    return totals.tolist()
+
+
+def share_exit_code(code: int) -> int:
+    """Return rank 0's exit code on every rank, so that all workers of a job exit alike.
+
+    The other ranks wait here (up to :data:`FINAL_WAIT_TIMEOUT_SECONDS`) while
+    rank 0 evaluates and registers the model.  When rank 0 cannot be reached,
+    each rank keeps its own code.
+    """
+    import torch.distributed as dist
+
+    if not _active.is_distributed or _final_group is None:
+        return code
+    holder = [code if _active.is_primary else None]
+    try:
+        dist.broadcast_object_list(holder, src=0, group=_final_group)
+    except (dist.DistError, RuntimeError) as error:
+        log.warning("could not learn rank 0's exit code (%s); exiting with %d", error, code)
+        return code
+    return int(holder[0])
+
+
+def exit_code_for(error: BaseException) -> int | None:
+    """The exit code for a distributed failure, or None when ``error`` is not one."""
+    import torch.distributed as dist
+
+    if isinstance(error, DistributedError):
+        return error.exit_code
+    if isinstance(error, dist.DistError):
+        return EXIT_RETRYABLE
+    return None
