@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pickle
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -169,96 +170,88 @@ def test_fingerprint_changes_with_the_facts():
     assert checkpoints.fingerprint(hidden=32, rows=100) != checkpoints.fingerprint(hidden=64, rows=100)
 
 
-# --- the DDP loop in one process ---------------------------------------------------------
+# --- the DDP classifier in one process -----------------------------------------------------
 
 
-class _TinyLSTM(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lstm = torch.nn.LSTM(3, 8, batch_first=True)
-        self.dropout = torch.nn.Dropout(0.2)
-        self.head = torch.nn.Linear(8, 2)
-
-    def forward(self, inputs):
-        outputs, _ = self.lstm(inputs)
-        return self.head(self.dropout(outputs[:, -1]))
+def test_rank_share_covers_every_window_with_equal_counts():
+    order = torch.tensor([5, 3, 9, 0, 7, 1, 8])
+    shares = [ddp_lstm.rank_share(order, rank, 2) for rank in (0, 1)]
+    assert len(shares[0]) == len(shares[1])
+    assert set(torch.cat(shares).tolist()) == set(order.tolist())
 
 
-def _windows(count: int = 240):
-    generator = torch.Generator().manual_seed(7)
-    inputs = torch.randn(count, 6, 3, generator=generator)
-    labels = (inputs[:, -1, 0] > 0).long()
-    split = count * 3 // 4
-    return (inputs[:split], labels[:split]), (inputs[split:], labels[split:])
+def test_rank_share_pads_with_the_first_windows_only():
+    order = torch.arange(10, 17)
+    shares = [ddp_lstm.rank_share(order, rank, 3) for rank in range(3)]
+    assert sorted(torch.cat(shares).tolist()) == sorted([10, 11, *range(10, 17)])
 
 
-def _fresh_module():
-    torch.manual_seed(0)
-    return _TinyLSTM()
+def test_rank_share_rejects_fewer_windows_than_ranks():
+    with pytest.raises(ValueError, match="2 training windows cannot be split over 4 ranks"):
+        ddp_lstm.rank_share(torch.arange(2), 0, 4)
 
 
-def test_sampler_gives_each_rank_only_training_windows():
-    count = 21
-    windows = (torch.zeros(count, 2, 1), torch.arange(count))
-    settings = ddp_lstm.LoopSettings(batch_size=4)
-    seen = []
-    for rank in (0, 1):
-        context = distributed.DistributedContext(rank=rank, world_size=2)
-        loader, _ = ddp_lstm._train_loader(windows, settings, context)
-        labels = torch.cat([batch_labels for _, batch_labels in loader]).tolist()
-        assert labels[:-1] == sorted(labels[:-1]), "each rank sees its windows in time order"
-        seen.append(labels)
-    assert len(seen[0]) == len(seen[1]), "ranks must run the same number of steps"
-    assert set(seen[0]) | set(seen[1]) == set(range(count))
+def _rows(count: int = 300):
+    generator = np.random.default_rng(7)
+    X = generator.normal(size=(count, 3)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * np.roll(X[:, 1], 1) > 0).astype(int)
+    return X, y
 
 
-def test_validation_share_splits_windows_without_overlap():
-    windows = (torch.zeros(7, 2, 1), torch.arange(7))
-    shares = [ddp_lstm._rank_share(windows, distributed.DistributedContext(rank=r, world_size=2))[1] for r in (0, 1)]
-    assert sorted(torch.cat(shares).tolist()) == list(range(7))
+def _classifier(**overrides):
+    params = dict(hidden_size=8, sequence_length=6, batch_size=32, max_epochs=6, patience=None,
+                  validation_fraction=0.2, random_state=3, dropout=0.1, device="cpu")
+    return ddp_lstm.DistributedLSTMClassifier(**{**params, **overrides})
 
 
-def test_loop_stops_early_and_restores_best_weights():
-    train, validation = _windows()
-    module = _fresh_module()
-    settings = ddp_lstm.LoopSettings(max_epochs=200, batch_size=32, learning_rate=0.05, patience=2)
-    result = ddp_lstm.train_distributed(module, train, validation, settings)
-    assert result.stopped_early
-    assert result.epochs_run == result.best_epoch + 1 + settings.patience
-    assert result.best_loss == min(result.validation_losses)
-    restored = {key: value for key, value in module.state_dict().items()}
-    assert all(torch.equal(restored[key], result.best_state[key]) for key in restored)
+class _Crash(Exception):
+    pass
 
 
-def test_loop_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path):
-    train, validation = _windows()
-    common = dict(batch_size=32, early_stopping=False, checkpoint_every=2, fingerprint="run-a")
-
-    uninterrupted = ddp_lstm.train_distributed(
-        _fresh_module(), train, validation, ddp_lstm.LoopSettings(max_epochs=6, **common)
-    )
-    ddp_lstm.train_distributed(
-        _fresh_module(), train, validation,
-        ddp_lstm.LoopSettings(max_epochs=4, checkpoint_dir=str(tmp_path), **common),
-    )
-    resumed = ddp_lstm.train_distributed(
-        _fresh_module(), train, validation,
-        ddp_lstm.LoopSettings(max_epochs=6, checkpoint_dir=str(tmp_path), **common),
-    )
-    assert resumed.start_epoch == 4
-    assert resumed.validation_losses == pytest.approx(uninterrupted.validation_losses, rel=1e-6)
-    for key, value in uninterrupted.best_state.items():
-        assert torch.allclose(resumed.best_state[key], value, atol=1e-6), key
+def test_classifier_trains_outside_torchrun():
+    X, y = _rows()
+    model = _classifier().fit(X, y)
+    assert len(model.history_) == 6
+    assert model.predict_proba(X).shape == (len(X), 2)
 
 
-def test_loop_stops_when_the_deadline_has_passed():
-    train, validation = _windows()
-    settings = ddp_lstm.LoopSettings(max_epochs=50, batch_size=32, early_stopping=False, deadline=0.0)
-    result = ddp_lstm.train_distributed(_fresh_module(), train, validation, settings)
-    assert result.epochs_run == 1
-    assert result.stopped_early
+def test_classifier_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    X, y = _rows()
+    uninterrupted = _classifier().fit(X, y)
+
+    original = ddp_lstm.DistributedLSTMClassifier._validation_loss
+    calls = {"count": 0}
+
+    def crash_in_epoch_five(self, *args):
+        calls["count"] += 1
+        if calls["count"] == 5:
+            raise _Crash()
+        return original(self, *args)
+
+    monkeypatch.setattr(ddp_lstm.DistributedLSTMClassifier, "_validation_loss", crash_in_epoch_five)
+    with pytest.raises(_Crash):
+        _classifier(checkpoint_dir=str(tmp_path), checkpoint_every=2).fit(X, y)
+    monkeypatch.setattr(ddp_lstm.DistributedLSTMClassifier, "_validation_loss", original)
+    assert [path.name for path in checkpoints.list_checkpoints(tmp_path)] == ["epoch-000002.pt", "epoch-000004.pt"]
+
+    resumed = _classifier(checkpoint_dir=str(tmp_path), checkpoint_every=2).fit(X, y)
+    assert [entry["epoch"] for entry in resumed.history_] == [1, 2, 3, 4, 5, 6]
+    for key, value in uninterrupted.model_.state_dict().items():
+        assert torch.allclose(resumed.model_.state_dict()[key], value, atol=1e-6), key
 
 
-def test_loop_settings_reject_invalid_values():
-    with pytest.raises(ValueError, match="checkpoint_every must be at least 1 epoch, got 0"):
-        ddp_lstm.LoopSettings(checkpoint_every=0)
+def test_classifier_checkpoint_holds_the_scaler_state(tmp_path):
+    X, y = _rows()
+    _classifier(checkpoint_dir=str(tmp_path), checkpoint_every=3).fit(X, y)
+    saved = checkpoints.load_checkpoint(checkpoints.list_checkpoints(tmp_path)[-1])
+    assert "scaler" in saved
+    assert saved["epoch"] == 6
+
+
+def test_distribute_final_fit_keeps_the_plain_model_outside_torchrun():
+    from sklearn.pipeline import Pipeline
+
+    from quanttrain.trainer.lstm import LSTMClassifier
+
+    pipeline = Pipeline([("model", LSTMClassifier())])
+    assert type(ddp_lstm.distribute_final_fit(pipeline).steps[-1][1]) is LSTMClassifier

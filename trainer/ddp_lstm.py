@@ -1,330 +1,204 @@
-"""The LSTM's training loop under DistributedDataParallel.
+"""The LSTM classifier trained with DistributedDataParallel across torchrun ranks.
 
-The caller builds the sequence windows first and splits them in time:
-validation windows are the chronologically last ones, and no training window
-is ever evaluated as a validation window or the other way round.  Only then
-are the training windows divided among the ranks, with torch's
-``DistributedSampler`` in its unshuffled mode (rank r takes windows r, r+W,
-...), so the split over ranks can never cross the chronological boundary.
-The sampler pads the last step with a few repeated training windows so that
-every rank runs the same number of steps, which DDP's gradient all-reduce
-requires.
+:class:`DistributedLSTMClassifier` keeps :class:`~quanttrain.trainer.lstm.LSTMClassifier`'s
+training loop and replaces its hooks:
 
-Validation windows are divided the same way without padding.  Each rank sums
-its losses and the ranks all-reduce (sum, count), so every rank computes the
-exact mean validation loss and takes the same early-stopping decision.
+* Windows are built and split in time first, so the validation windows are
+  the chronologically last ones.  Only the training windows are then divided
+  among the ranks, like torch's ``DistributedSampler``: every rank draws the
+  same permutation of the training windows from a seed that rank 0 chooses,
+  pads it with its first windows to a multiple of the world size and takes
+  every W-th window from its rank on.  A rank never sees a validation window,
+  and all ranks run the same number of steps, which DDP's gradient
+  all-reduce requires.
+* Each rank computes the loss of its share of the validation windows, and the
+  ranks all-reduce (sum, count).  Every rank thus gets the exact mean
+  validation loss and takes the same early-stopping decision.
+* On CUDA the forward pass runs under ``torch.autocast`` (float16) with a
+  ``GradScaler``.  The CPU trains in float32, because CPU autocast does not
+  speed up an LSTM of this size.
+* Only rank 0 writes checkpoints, through :mod:`quanttrain.trainer.checkpoint`
+  (atomic, ``weights_only`` loading, scaler state included).  On start, rank 0
+  reads the newest checkpoint of the same parameters and data and broadcasts
+  it, so every rank resumes from the same epoch even when only rank 0 can read
+  the volume.
 
-On CUDA the forward pass runs under ``torch.autocast`` (float16) with a
-``GradScaler``; on the CPU both are off, because CPU autocast brings no gain
-for an LSTM of this size.
-
-With a checkpoint directory, rank 0 writes the training state every
-``checkpoint_every`` epochs (see :mod:`quanttrain.trainer.checkpoint`).  On
-start, rank 0 reads the newest checkpoint of the same run and broadcasts it,
-so all ranks resume from the same epoch even when only rank 0 can read the
-volume.
+In a single process (no torchrun) the class trains like its parent, with the
+checkpoint format above.  Search trials keep the plain classifier: only the
+final fit trains across ranks (see :func:`distribute_final_fit`).
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
-import math
-import time
-from collections.abc import Callable
+import random
 from typing import Any
+
+import torch
+from torch import nn
 
 from quanttrain.trainer import checkpoint as checkpoints
 from quanttrain.trainer import distributed
+from quanttrain.trainer.lstm import LSTMClassifier
 
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class LoopSettings:
-    """Settings of the distributed training loop."""
+class DistributedLSTMClassifier(LSTMClassifier):
+    """LSTMClassifier whose ``fit`` trains with DistributedDataParallel on every torchrun rank.
 
-    max_epochs: int = 50
-    # Windows per optimiser step on each rank; the global batch is this times the world size.
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    early_stopping: bool = True
-    patience: int = 10
-    seed: int = 42
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 5
-    # Identifies the run in its checkpoints; see checkpoint.fingerprint.
-    fingerprint: str = ""
-    # time.monotonic() value after which training stops and keeps the best epoch so far.
-    deadline: float | None = None
-    # Whether the estimator's forward pass may use autocast and a gradient scaler (CUDA only).
-    mixed_precision: bool = True
-
-    def __post_init__(self) -> None:
-        if self.max_epochs < 1:
-            raise ValueError(f"max_epochs must be at least 1, got {self.max_epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every must be at least 1 epoch, got {self.checkpoint_every}")
-
-
-@dataclasses.dataclass
-class LoopResult:
-    """What the loop leaves behind: the best weights and how training went."""
-
-    best_state: dict[str, Any]
-    best_loss: float
-    best_epoch: int
-    epochs_run: int
-    # First epoch run by this process (0 unless it resumed from a checkpoint).
-    start_epoch: int
-    validation_losses: list[float]
-    samples_per_second: float
-    stopped_early: bool
-
-
-def train_distributed(
-    module: Any,
-    train_windows: tuple[Any, Any],
-    validation_windows: tuple[Any, Any],
-    settings: LoopSettings,
-    *,
-    loss_fn: Callable[[Any, Any], Any] | None = None,
-) -> LoopResult:
-    """Train ``module`` on (inputs, labels) tensors with DDP across the active ranks.
-
-    Works unchanged in a single process (no DDP wrapper, no collectives).
-    ``module`` is left holding the best weights.  Raises
-    :class:`~quanttrain.trainer.distributed.DistributedError` when another
-    rank fails.
+    Every rank must call ``fit`` with the same rows.  After ``fit`` every
+    rank holds the same weights.  Parameters are those of
+    :class:`~quanttrain.trainer.lstm.LSTMClassifier`.
     """
-    import torch
 
-    context = distributed.current_context()
-    device = torch.device(context.device)
-    module.to(device)
-    loss_fn = loss_fn or torch.nn.CrossEntropyLoss()
-    optimizer = torch.optim.Adam(module.parameters(), lr=settings.learning_rate)
-    use_amp = settings.mixed_precision and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    # -- device and wrapping ----------------------------------------------
 
-    progress = _Progress()
-    resumed = _resume(settings, module, optimizer, scaler, device)
-    if resumed is not None:
-        progress = resumed
-    model = _wrap(module, context)
-    train_loader, sampler = _train_loader(train_windows, settings, context)
-    validation_part = _rank_share(validation_windows, context)
+    def _resolve_device(self) -> torch.device:
+        device = super()._resolve_device()
+        context = distributed.current_context()
+        if device.type == "cuda" and context.is_distributed:
+            # One GPU per worker: torchrun's LOCAL_RANK picks it.
+            return torch.device(context.device)
+        return device
 
-    start_epoch = progress.epoch
-    processed = 0
-    started = time.perf_counter()
-    stopped_early = False
-    for epoch in range(start_epoch, settings.max_epochs):
-        torch.manual_seed(_epoch_seed(settings.seed, epoch, context.rank))
-        sampler.set_epoch(epoch)
-        train_loss, samples = _train_epoch(model, train_loader, optimizer, scaler, loss_fn, device, use_amp)
-        processed += samples
-        validation_loss, out_of_time = _validation_loss(module, validation_part, loss_fn, device, use_amp, settings)
-        progress.record(epoch, validation_loss, module)
-        if context.is_primary:
-            log.info(
-                "epoch %d/%d: train loss %.5f, validation loss %.5f (best %.5f after epoch %d)",
-                epoch + 1, settings.max_epochs, train_loss, validation_loss,
-                progress.best_loss, progress.best_epoch + 1,
-            )
-        _maybe_checkpoint(settings, context, progress, module, optimizer, scaler)
-        if settings.early_stopping and progress.since_best >= settings.patience:
-            stopped_early = True
-            if context.is_primary:
-                log.info("early stopping: no improvement for %d epochs", progress.since_best)
-            break
-        if out_of_time:
-            stopped_early = True
-            if context.is_primary:
-                log.info("stopping: the training time budget is spent")
-            break
+    def _wrap_module(self, module: nn.Module) -> nn.Module:
+        context = distributed.current_context()
+        device = next(module.parameters()).device
+        self._scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+        # Every rank must shuffle alike; rank 0's seed wins when random_state is unset.
+        seed = self.random_state if self.random_state is not None else random.randrange(2**31)
+        self._order_seed = int(distributed.broadcast_object(seed))
+        if not context.is_distributed:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
 
-    elapsed = time.perf_counter() - started
-    module.load_state_dict(progress.best_state or _cpu_state(module))
-    return LoopResult(
-        best_state=progress.best_state or _cpu_state(module),
-        best_loss=progress.best_loss,
-        best_epoch=progress.best_epoch,
-        epochs_run=progress.epoch,
-        start_epoch=start_epoch,
-        validation_losses=list(progress.losses),
-        samples_per_second=_global_rate(processed, elapsed),
-        stopped_early=stopped_early,
-    )
+        device_ids = [device.index] if device.type == "cuda" else None
+        with distributed.translate_errors("wrapping the LSTM in DistributedDataParallel"):
+            # The constructor broadcasts rank 0's weights, so every rank starts alike.
+            return DistributedDataParallel(module, device_ids=device_ids)
 
+    # -- the split over ranks ----------------------------------------------
 
-@dataclasses.dataclass
-class _Progress:
-    """Early-stopping state, the same on every rank; saved in checkpoints."""
+    def _epoch_order(self, train_indices: torch.Tensor, generator: torch.Generator, epoch: int) -> torch.Tensor:
+        """Return this rank's training windows for ``epoch``: a strided share of one shared permutation."""
+        context = distributed.current_context()
+        shared = torch.Generator().manual_seed(self._order_seed + epoch)
+        order = train_indices[torch.randperm(len(train_indices), generator=shared)]
+        return rank_share(order, context.rank, context.world_size)
 
-    epoch: int = 0  # epochs completed
-    best_loss: float = math.inf
-    best_epoch: int = -1
-    since_best: int = 0
-    losses: list[float] = dataclasses.field(default_factory=list)
-    best_state: dict[str, Any] | None = None
+    # -- one epoch and the validation loss -------------------------------------
 
-    def record(self, epoch: int, loss: float, module: Any) -> None:
-        self.epoch = epoch + 1
-        self.losses.append(float(loss))
-        if loss < self.best_loss:
-            self.best_loss = float(loss)
-            self.best_epoch = epoch
-            self.since_best = 0
-            self.best_state = _cpu_state(module)
-        else:
-            self.since_best += 1
+    def _train_epoch(self, module, optimizer, windows, targets, order: torch.Tensor) -> float:
+        """Run this rank's batches with autocast and the gradient scaler; return its mean loss."""
+        module.train()
+        loss_function = nn.CrossEntropyLoss()
+        device = windows.device
+        total, count = 0.0, 0
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size].to(device)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=self._scaler.is_enabled()):
+                loss = loss_function(module(windows[batch]), targets[batch])
+            self._scaler.scale(loss).backward()
+            self._scaler.step(optimizer)
+            self._scaler.update()
+            total += loss.item() * len(batch)
+            count += len(batch)
+        return total / max(count, 1)
 
-    def to_state(self) -> dict[str, Any]:
-        return {
-            "best_loss": self.best_loss,
-            "best_epoch": self.best_epoch,
-            "since_best": self.since_best,
-            "losses": list(self.losses),
-            "best_state": self.best_state,
+    def _validation_loss(self, module, windows, targets, indices: torch.Tensor) -> float:
+        """Return the mean validation loss over every rank's share, the same on all ranks."""
+        context = distributed.current_context()
+        if len(indices) == 0:
+            return float("nan")
+        network = getattr(module, "module", module)  # no DDP hooks are needed without gradients
+        share = indices[context.rank::context.world_size]
+        network.eval()
+        loss_function = nn.CrossEntropyLoss(reduction="sum")
+        total = 0.0
+        with torch.no_grad():
+            for start in range(0, len(share), self.batch_size * 16):
+                batch = share[start:start + self.batch_size * 16].to(windows.device)
+                with torch.autocast(device_type=windows.device.type, dtype=torch.float16,
+                                    enabled=self._scaler.is_enabled()):
+                    logits = network(windows[batch])
+                total += loss_function(logits.float(), targets[batch]).item()
+        loss_sum, window_count = distributed.all_reduce_sum([total, float(len(share))])
+        return loss_sum / window_count
+
+    # -- checkpoints ---------------------------------------------------------------
+
+    def _writes_checkpoints(self) -> bool:
+        return distributed.is_primary()
+
+    def _save_checkpoint(self, state, optimizer, generator, fingerprint: str) -> None:
+        if not self._writes_checkpoints():
+            return
+        payload = {
+            **state,
+            "fingerprint": fingerprint,
+            "model": self.model_.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": self._scaler.state_dict(),
+            "generator": generator.get_state(),
+            "rng": torch.get_rng_state(),
         }
+        path = checkpoints.save_checkpoint(self.checkpoint_dir, state["epoch"], payload)
+        log.info("saved checkpoint %s", path)
 
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> _Progress:
-        return cls(
-            epoch=int(state["epoch"]),
-            best_loss=float(state["best_loss"]),
-            best_epoch=int(state["best_epoch"]),
-            since_best=int(state["since_best"]),
-            losses=[float(loss) for loss in state["losses"]],
-            best_state=state["best_state"],
-        )
-
-
-def _cpu_state(module: Any) -> dict[str, Any]:
-    return {key: value.detach().to("cpu", copy=True) for key, value in module.state_dict().items()}
-
-
-def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    # Seeded per epoch, so dropout after a resume draws what an uninterrupted run would.
-    return (seed * 1_000_003 + epoch * 1_009 + rank) % (2**63)
-
-
-def _wrap(module: Any, context: distributed.DistributedContext) -> Any:
-    if not context.is_distributed:
-        return module
-    from torch.nn.parallel import DistributedDataParallel
-
-    device_ids = [context.local_rank] if context.backend == "nccl" else None
-    with distributed.translate_errors("wrapping the model in DistributedDataParallel"):
-        return DistributedDataParallel(module, device_ids=device_ids)
+    def _resume(self, state, optimizer, generator, fingerprint: str) -> dict[str, Any]:
+        if not self.checkpoint_dir:
+            return state
+        saved = None
+        if distributed.is_primary():
+            saved = checkpoints.load_latest(self.checkpoint_dir, fingerprint)
+        saved = distributed.broadcast_object(saved)
+        if saved is None:
+            return state
+        self.model_.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        self._scaler.load_state_dict(saved["scaler"])
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["rng"])
+        if distributed.is_primary():
+            log.info(
+                "resuming LSTM training from the checkpoint in %s after epoch %d of %d",
+                self.checkpoint_dir, saved["epoch"], self.max_epochs,
+            )
+        return {key: saved[key] for key in state}
 
 
-def _train_loader(windows: tuple[Any, Any], settings: LoopSettings, context: distributed.DistributedContext):
-    from torch.utils.data import DataLoader, TensorDataset
-    from torch.utils.data.distributed import DistributedSampler
+def rank_share(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """Return rank ``rank``'s windows of ``order``: every ``world_size``-th, after padding.
 
-    dataset = TensorDataset(*windows)
-    if len(dataset) < context.world_size:
+    ``order`` is padded with its own first entries to a multiple of
+    ``world_size``, as ``DistributedSampler`` does, so that every rank gets
+    the same number of windows.
+    """
+    if world_size == 1:
+        return order
+    if len(order) < world_size:
         raise ValueError(
-            f"{len(dataset)} training windows cannot be split over {context.world_size} ranks; "
-            "use more data, a shorter sequence length or fewer nodes"
+            f"{len(order)} training windows cannot be split over {world_size} ranks; "
+            "use more data, fewer nodes or fewer processes per node"
         )
-    # shuffle=False keeps each rank's windows in time order; the sampler only strides.
-    sampler = DistributedSampler(
-        dataset, num_replicas=context.world_size, rank=context.rank, shuffle=False, drop_last=False
-    )
-    loader = DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler)
-    return loader, sampler
+    padding = -len(order) % world_size
+    padded = torch.cat([order, order[:padding]]) if padding else order
+    return padded[rank::world_size]
 
 
-def _rank_share(windows: tuple[Any, Any], context: distributed.DistributedContext) -> tuple[Any, Any]:
-    inputs, labels = windows
-    if len(inputs) == 0:
-        raise ValueError("no validation windows: raise the validation split or the amount of data")
-    return inputs[context.rank :: context.world_size], labels[context.rank :: context.world_size]
+def distribute_final_fit(pipeline: Any) -> Any:
+    """Return ``pipeline`` with its LSTM step trained across ranks when running under torchrun.
 
-
-def _train_epoch(model, loader, optimizer, scaler, loss_fn, device, use_amp) -> tuple[float, int]:
-    import torch
-
-    model.train()
-    total, count = 0.0, 0
-    for inputs, labels in loader:
-        inputs = inputs.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-            loss = loss_fn(model(inputs), labels)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        total += float(loss.detach()) * len(labels)
-        count += len(labels)
-    return (total / count if count else float("nan")), count
-
-
-def _validation_loss(module, windows, loss_fn, device, use_amp, settings: LoopSettings) -> tuple[float, bool]:
-    """The mean validation loss over all ranks, and whether any rank is past the deadline."""
-    import torch
-
-    inputs, labels = windows
-    module.eval()
-    loss_sum = 0.0
-    with torch.no_grad():
-        for start in range(0, len(inputs), settings.batch_size):
-            batch = inputs[start : start + settings.batch_size].to(device)
-            batch_labels = labels[start : start + settings.batch_size].to(device)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                logits = module(batch)
-            loss_sum += float(loss_fn(logits.float(), batch_labels)) * len(batch_labels)
-    out_of_time = settings.deadline is not None and time.monotonic() >= settings.deadline
-    loss_total, count, late = distributed.all_reduce_sum([loss_sum, float(len(labels)), float(out_of_time)])
-    return loss_total / count, late > 0
-
-
-def _resume(settings: LoopSettings, module, optimizer, scaler, device) -> _Progress | None:
-    """Load the newest checkpoint of this run on every rank; None when training starts fresh."""
-    if settings.checkpoint_dir is None:
-        return None
-    state = None
-    if distributed.is_primary():
-        state = checkpoints.load_latest(settings.checkpoint_dir, settings.fingerprint)
-    state = distributed.broadcast_object(state)
-    if state is None:
-        return None
-    module.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
-    progress = _Progress.from_state(state)
-    if distributed.is_primary():
-        log.info(
-            "resuming from the checkpoint in %s at epoch %d of %d (best validation loss %.5f)",
-            settings.checkpoint_dir, progress.epoch + 1, settings.max_epochs, progress.best_loss,
-        )
-    return progress
-
-
-def _maybe_checkpoint(settings, context, progress: _Progress, module, optimizer, scaler) -> None:
-    if settings.checkpoint_dir is None or not context.is_primary:
-        return
-    if progress.epoch % settings.checkpoint_every != 0:
-        return
-    state = {
-        "fingerprint": settings.fingerprint,
-        "model": _cpu_state(module),
-        "optimizer": copy.deepcopy(optimizer.state_dict()),
-        "scaler": scaler.state_dict(),
-        **progress.to_state(),
-    }
-    path = checkpoints.save_checkpoint(settings.checkpoint_dir, progress.epoch, state)
-    log.info("saved checkpoint %s", path)
-
-
-def _global_rate(processed: int, elapsed: float) -> float:
-    """Training windows per second over all ranks (padding windows included)."""
-    total = distributed.all_reduce_sum([float(processed)])[0]
-    return total / elapsed if elapsed > 0 else 0.0
+    Other models, and any model outside torchrun, come back unchanged: tree
+    models and SVMs train their final fit on rank 0 alone (see
+    docs/distributed.md).
+    """
+    if not distributed.current_context().is_distributed:
+        return pipeline
+    model = pipeline.steps[-1][1]
+    if type(model) is not LSTMClassifier:
+        return pipeline
+    replacement = DistributedLSTMClassifier(**model.get_params())
+    return pipeline.set_params(**{pipeline.steps[-1][0]: replacement})
