@@ -271,7 +271,8 @@ def _report_bad(text: pd.Series, bad: pd.Series, column: str, reason: str, where
     positions = np.flatnonzero(np.asarray(bad, dtype=bool))
     if positions.size == 0:
         return
-    examples = ", ".join(f"{text.iloc[pos]!r} at {where(int(pos))}" for pos in positions[:_MAX_EXAMPLES])
+    shown = text.fillna("")
+    examples = ", ".join(f"{shown.iloc[pos]!r} at {where(int(pos))}" for pos in positions[:_MAX_EXAMPLES])
     more = f" and {positions.size - _MAX_EXAMPLES} more" if positions.size > _MAX_EXAMPLES else ""
     problems.append(f"column {column!r}: value {reason}: {examples}{more}")
 

@@ -171,7 +171,7 @@ class LabelCoder:
         else:
             keys = values.astype(str).where(values.notna())
             categories = self.classes_
-        codes = pd.Categorical(keys, categories=categories).codes.astype(np.int64)
+        codes = pd.Index(categories).get_indexer(keys).astype(np.int64)
         if (codes < 0).any():
             unknown = sorted({str(value) for value in values[codes < 0]})
             raise TargetError(f"unknown or empty label(s) {unknown[:5]}; the known classes are {self.classes_}")
