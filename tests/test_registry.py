@@ -1,0 +1,167 @@
+"""The model registry: safe formats round-trip, versions count up, aliases move, tampering is caught."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from quanttrain.trainer.config import load_job_config
+from quanttrain.trainer.features import make_feature_scaler
+from quanttrain.trainer.models import make_estimator
+from quanttrain.trainer.registry import ModelRegistry, RegistryError, TamperedArtifactError
+
+FEATURES = ["rsi", "momentum", "volume_ratio"]
+
+
+def _config(model_type: str, **model_parameters):
+    return load_job_config({
+        "strategy": {
+            "name": "Registry Test", "modelType": model_type, "predictionTarget": "PRICE_DIRECTION",
+            "trainingDataset": "bars.csv", "modelPath": "registry-test", "confidenceThreshold": 0.6,
+            "trainingWindowDays": 365, "predictionHorizonMinutes": 1440,
+        },
+        "training": {"modelParameters": model_parameters, "randomSeed": 3},
+        "features": {"targetVariable": "direction", "featureColumns": FEATURES,
+                     "trainSplitRatio": 0.7, "validationSplitRatio": 0.15},
+        "indicators": [
+            {"name": "rsi", "type": "TECHNICAL", "calculationMethod": "RSI", "normalization": "ZSCORE"},
+            {"name": "momentum", "type": "TECHNICAL", "calculationMethod": "MOM", "normalization": "MINMAX",
+             "featureWeight": 0.5},
+            {"name": "volume_ratio", "type": "VOLUME", "calculationMethod": "VOLUME_RATIO"},
+        ],
+    })
+
+
+def _data(rows: int = 400):
+    rng = np.random.default_rng(5)
+    X = pd.DataFrame(rng.normal(size=(rows, len(FEATURES))), columns=FEATURES)
+    y = (X["rsi"] - 0.5 * X["momentum"] + 0.5 * rng.normal(size=rows) > 0).astype(np.int64).to_numpy()
+    return X, y
+
+
+def _fitted(model_type: str, **model_parameters):
+    config = _config(model_type, **model_parameters)
+    X, y = _data()
+    pipeline = make_estimator(config, preprocessor=make_feature_scaler(config, FEATURES), n_classes=2)
+    return pipeline.fit(X, y), X
+
+
+METADATA = {"modelType": "TEST", "metrics": {"accuracy": 0.6}, "gate": {"passed": True}}
+
+
+@pytest.mark.parametrize(("model_type", "parameters", "model_file"), [
+    ("RANDOM_FOREST", {"n_estimators": 20, "max_depth": 4}, "model.skops"),
+    ("XGB", {"n_estimators": 30, "max_depth": 3}, "model.ubj"),
+    ("LSTM", {"hidden_size": 8, "max_epochs": 2, "sequence_length": 5}, "model.pt"),
+])
+def test_saved_model_predicts_the_same_after_loading(tmp_path, model_type, parameters, model_file):
+    pipeline, X = _fitted(model_type, **parameters)
+    registry = ModelRegistry(tmp_path)
+    reference = registry.save("registry-test", pipeline, metadata=METADATA)
+    loaded = registry.load("registry-test")
+
+    assert (tmp_path / "registry-test" / "1" / model_file).is_file()
+    assert reference.version == "1"
+    assert np.allclose(loaded.model.predict_proba(X), pipeline.predict_proba(X))
+
+
+def test_versions_count_up_and_never_overwrite(tmp_path):
+    pipeline, _ = _fitted("RANDOM_FOREST", n_estimators=5)
+    registry = ModelRegistry(tmp_path)
+    first = registry.save("registry-test", pipeline, metadata=METADATA)
+    second = registry.save("registry-test", pipeline, metadata=METADATA)
+    assert (first.version, second.version) == ("1", "2")
+    assert registry.versions("registry-test") == ["1", "2"]
+
+
+def test_concurrent_saves_get_distinct_versions(tmp_path):
+    pipeline, _ = _fitted("RANDOM_FOREST", n_estimators=5)
+    registry = ModelRegistry(tmp_path)
+    versions = []
+    threads = [threading.Thread(target=lambda: versions.append(
+        registry.save("registry-test", pipeline, metadata=METADATA).version)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(versions, key=int) == ["1", "2", "3", "4"]
+
+
+def test_metadata_records_hashes_and_libraries(tmp_path):
+    pipeline, _ = _fitted("XGB", n_estimators=5)
+    registry = ModelRegistry(tmp_path)
+    reference = registry.save("registry-test", pipeline, metadata=METADATA, result={"ok": True})
+    metadata = registry.show("registry-test", "1")
+    assert metadata["modelSha256"] == reference.sha256
+    assert set(metadata["artifacts"]) == {"model.ubj", "model.json", "preprocess.skops", "result.json"}
+    assert "xgboost" in metadata["libraryVersions"]
+
+
+def test_promote_sets_alias_and_load_follows_it(tmp_path):
+    pipeline, _ = _fitted("RANDOM_FOREST", n_estimators=5)
+    registry = ModelRegistry(tmp_path)
+    registry.save("registry-test", pipeline, metadata=METADATA)
+    registry.save("registry-test", pipeline, metadata=METADATA)
+    registry.promote("registry-test", "1", "production")
+
+    assert registry.aliases("registry-test") == {"production": "1"}
+    assert registry.load("registry-test", alias="production").version == "1"
+    assert registry.show("registry-test", alias="production")["aliases"] == ["production"]
+
+
+def test_promote_rejects_unknown_version(tmp_path):
+    pipeline, _ = _fitted("RANDOM_FOREST", n_estimators=5)
+    registry = ModelRegistry(tmp_path)
+    registry.save("registry-test", pipeline, metadata=METADATA)
+    with pytest.raises(RegistryError, match="no version '7'"):
+        registry.promote("registry-test", "7", "production")
+
+
+def test_tampered_model_file_is_rejected(tmp_path):
+    pipeline, _ = _fitted("RANDOM_FOREST", n_estimators=5)
+    registry = ModelRegistry(tmp_path)
+    registry.save("registry-test", pipeline, metadata=METADATA)
+    model_file = tmp_path / "registry-test" / "1" / "model.skops"
+    model_file.write_bytes(model_file.read_bytes() + b"\0")
+
+    with pytest.raises(TamperedArtifactError, match="model.skops"):
+        registry.load("registry-test")
+
+
+def test_unfinished_version_is_ignored(tmp_path):
+    pipeline, _ = _fitted("RANDOM_FOREST", n_estimators=5)
+    registry = ModelRegistry(tmp_path)
+    registry.save("registry-test", pipeline, metadata=METADATA)
+    (tmp_path / "registry-test" / "2").mkdir()  # a save that crashed before metadata.json
+
+    assert registry.versions("registry-test") == ["1"]
+    assert registry.load("registry-test").version == "1"
+
+
+def test_failed_save_removes_its_version_folder(tmp_path):
+    registry = ModelRegistry(tmp_path)
+    with pytest.raises(RuntimeError), registry.new_version("registry-test"):
+        raise RuntimeError("training failed")
+    assert not (tmp_path / "registry-test" / "1").exists()
+
+
+def test_list_shows_each_version_with_its_aliases(tmp_path):
+    pipeline, _ = _fitted("RANDOM_FOREST", n_estimators=5)
+    registry = ModelRegistry(tmp_path)
+    registry.save("registry-test", pipeline, metadata=METADATA)
+    registry.promote("registry-test", "1", "staging")
+    rows = registry.list()
+    assert [(row["strategy"], row["version"], row["aliases"]) for row in rows] == [("registry-test", "1", ["staging"])]
+    assert json.loads(json.dumps(rows)) == rows
+
+
+def test_unknown_strategy_error_lists_known_ones(tmp_path):
+    pipeline, _ = _fitted("RANDOM_FOREST", n_estimators=5)
+    registry = ModelRegistry(tmp_path)
+    registry.save("registry-test", pipeline, metadata=METADATA)
+    with pytest.raises(RegistryError, match="registered strategies: registry-test"):
+        registry.load("other")

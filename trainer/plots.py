@@ -1,0 +1,74 @@
+"""PNG plots saved next to a registered model: confusion matrix, ROC curve and equity curve.
+
+matplotlib runs with its Agg backend, so plotting needs no display and works
+in a container.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+CONFUSION_MATRIX_FILE = "confusion_matrix.png"
+ROC_CURVE_FILE = "roc_curve.png"
+EQUITY_CURVE_FILE = "equity_curve.png"
+DPI = 100
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as pyplot
+
+    return pyplot
+
+
+def plot_confusion_matrix(matrix: list[list[int]] | np.ndarray, classes: list[str], path: Path) -> Path:
+    """Draw the confusion matrix with counts in each cell; rows are true classes."""
+    pyplot = _pyplot()
+    matrix = np.asarray(matrix)
+    figure, axes = pyplot.subplots(figsize=(4 + 0.4 * len(classes), 3.5 + 0.4 * len(classes)))
+    image = axes.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axes)
+    axes.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
+             xlabel="Predicted class", ylabel="True class", title="Confusion matrix (test rows)")
+    middle = matrix.max() / 2 if matrix.size else 0
+    for (row, column), count in np.ndenumerate(matrix):
+        axes.text(column, row, str(count), ha="center", va="center",
+                  color="white" if count > middle else "black")
+    return _save(pyplot, figure, path)
+
+
+def plot_roc_curve(y_true: np.ndarray, positive_scores: np.ndarray, roc_auc: float | None, path: Path) -> Path:
+    """Draw the binary ROC curve of the positive class (code 1)."""
+    from sklearn.metrics import roc_curve
+
+    pyplot = _pyplot()
+    false_positive_rate, true_positive_rate, _ = roc_curve(y_true, positive_scores, pos_label=1)
+    figure, axes = pyplot.subplots(figsize=(4.5, 4.5))
+    label = f"model (AUC {roc_auc:.3f})" if roc_auc is not None else "model"
+    axes.plot(false_positive_rate, true_positive_rate, label=label)
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    axes.set(xlabel="False positive rate", ylabel="True positive rate", title="ROC curve (test rows)")
+    axes.legend(loc="lower right")
+    return _save(pyplot, figure, path)
+
+
+def plot_equity_curve(timestamps, equity: np.ndarray, path: Path) -> Path:
+    """Draw the backtest's equity over the test period, starting from 1."""
+    pyplot = _pyplot()
+    figure, axes = pyplot.subplots(figsize=(7, 3.5))
+    axes.plot(timestamps, equity, label="strategy")
+    axes.axhline(1.0, linestyle="--", color="grey", linewidth=0.8)
+    axes.set(xlabel="Time", ylabel="Equity (start = 1)", title="Equity curve (test period)")
+    figure.autofmt_xdate()
+    return _save(pyplot, figure, path)
+
+
+def _save(pyplot, figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    pyplot.close(figure)
+    return path
