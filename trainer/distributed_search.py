@@ -1,0 +1,146 @@
+"""Hyperparameter search with its trials spread over the torchrun ranks.
+
+Rank 0 runs the ordinary search (:func:`~quanttrain.trainer.search.run_search`)
+and alone decides what to try next and when to stop (Max Training Time, the
+trial budget, Bayesian proposals).  Its trial runner sends each batch of
+parameter sets to every rank; rank r evaluates trials r, r+W, ... of the batch
+(W ranks) by walk-forward cross-validation on its own copy of the data, and
+the trials are gathered back into batch order.  The search asks for W points
+per batch (times Parallel Jobs, which each rank runs as local worker
+processes), so Bayesian search gets one point per rank and round.
+
+The other ranks do not run the search loop at all: they follow rank 0's
+messages until it sends the outcome.  Only one process ever compares the
+clock with the deadline, so the ranks cannot disagree about stopping, which
+would leave one of them waiting in a collective until the timeout.
+
+The result is built by ``run_search`` itself, so it has the same fields and
+the same trial numbering as a single-process search, and every rank returns
+it (or raises rank 0's error).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from quanttrain.trainer import distributed
+from quanttrain.trainer import search as search_module
+from quanttrain.trainer.config import TrainingJobConfig
+
+log = logging.getLogger(__name__)
+
+Evaluate = Callable[[dict[str, Any]], "search_module.Trial"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Batch:
+    params: list[dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outcome:
+    result: Any = None
+    # Rank 0's error as text: exception objects with custom constructors do not always unpickle.
+    error: str | None = None
+
+
+class PrimarySearchError(RuntimeError):
+    """The search failed on rank 0; the other ranks raise this with rank 0's message."""
+
+
+class DistributedTrialRunner:
+    """Rank 0's trial runner: evaluates a batch across all ranks and returns the trials in batch order."""
+
+    def __init__(self, evaluate: Evaluate, n_jobs: int = 1) -> None:
+        self._evaluate = evaluate
+        self._n_jobs = n_jobs
+
+    def __call__(self, batch: list[dict[str, Any]]) -> list[search_module.Trial]:
+        distributed.broadcast_object(_Batch(list(batch)))
+        return _evaluate_share(batch, self._evaluate, self._n_jobs)
+
+    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        """Send the search's outcome to the other ranks, releasing them from :func:`follow`."""
+        text = None if error is None else f"{type(error).__name__}: {error}"
+        distributed.broadcast_object(_Outcome(result, text))
+
+
+def distributed_trial_runner(
+    context: distributed.DistributedContext, evaluate: Evaluate, n_jobs: int = 1
+) -> DistributedTrialRunner:
+    """Return rank 0's trial runner; the other ranks call :func:`follow` with the same ``evaluate``."""
+    if not context.is_primary:
+        raise ValueError(f"only rank 0 runs the search loop; rank {context.rank} must call follow()")
+    return DistributedTrialRunner(evaluate, n_jobs)
+
+
+def follow(evaluate: Evaluate, n_jobs: int = 1) -> Any:
+    """Evaluate this rank's share of each batch rank 0 sends; return its result or raise its error."""
+    while True:
+        message = distributed.broadcast_object(None)
+        if isinstance(message, _Outcome):
+            if message.error is not None:
+                raise PrimarySearchError(f"the search failed on rank 0: {message.error}")
+            return message.result
+        _evaluate_share(message.params, evaluate, n_jobs)
+
+
+def _evaluate_share(batch: list[dict[str, Any]], evaluate: Evaluate, n_jobs: int) -> list[search_module.Trial]:
+    """Evaluate trials rank, rank+W, ... of ``batch`` and gather every rank's trials in batch order."""
+    context = distributed.current_context()
+    positions = list(range(context.rank, len(batch), context.world_size))
+    local = search_module.run_locally([batch[index] for index in positions], evaluate, n_jobs) if positions else []
+    gathered = distributed.all_gather_objects(list(zip(positions, local)))
+    ordered: list[Any] = [None] * len(batch)
+    for pairs in gathered:
+        for position, trial in pairs:
+            ordered[position] = trial
+    return ordered
+
+
+def run_distributed_search(
+    config: TrainingJobConfig,
+    X,
+    y,
+    *,
+    cv,
+    estimator_factory: Callable[[dict], Any],
+    deadline: float | None = None,
+) -> search_module.SearchResult:
+    """Run the strategy's search over every rank; every rank returns the same result.
+
+    Outside torchrun this is :func:`~quanttrain.trainer.search.run_search`.
+    Raises what ``run_search`` raises on rank 0 and :class:`PrimarySearchError`
+    with its message on the other ranks, or
+    :class:`~quanttrain.trainer.distributed.DistributedError` when a rank fails.
+    """
+    context = distributed.current_context()
+    if not context.is_distributed:
+        return search_module.run_search(config, X, y, cv=cv, estimator_factory=estimator_factory, deadline=deadline)
+
+    metric = config.training.scoring_metric
+    evaluate = functools.partial(search_module.evaluate_params, X=X, y=y, cv=cv,
+                                 estimator_factory=estimator_factory, metric=metric)
+    n_jobs = max(1, min(config.training.parallel_jobs, os.cpu_count() or 1))
+    if not context.is_primary:
+        return follow(evaluate, n_jobs)
+
+    runner = distributed_trial_runner(context, evaluate, n_jobs)
+    log.info("spreading the search over %d ranks, %d trial(s) per rank and batch", context.world_size, n_jobs)
+    try:
+        result = search_module.run_search(
+            config, X, y, cv=cv, estimator_factory=estimator_factory, deadline=deadline,
+            trial_runner=runner, batch_size=context.world_size * n_jobs,
+        )
+    except distributed.DistributedError:
+        raise  # the group is broken: the other ranks fail on their own collective
+    except Exception as error:
+        runner.finish(error=error)
+        raise
+    runner.finish(result=result)
+    return result
