@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Modules that add subcommands, in the order they appear in --help.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("commands_workbook",)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,121 @@
+"""Blank workbooks that document the contract: every sheet and column, dropdowns, input limits, comments.
+
+Everything comes from :mod:`quanttrain.operator.workbook`, so a template always
+has the headers the reader expects.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+from openpyxl import Workbook
+from openpyxl.comments import Comment
+from openpyxl.styles import Alignment, Font, PatternFill
+from openpyxl.utils import get_column_letter
+from openpyxl.worksheet.datavalidation import DataValidation
+from openpyxl.worksheet.worksheet import Worksheet
+
+from quanttrain.operator.workbook import TEMPLATE_VERSION, WORKBOOKS, Column, Kind, Sheet, workbook_file_name
+from quanttrain.trainer.indicator_catalog import methods
+
+# Rows below the header that carry dropdowns and input limits.
+VALIDATED_ROWS = 1000
+# Hidden sheet listing the calculation methods: too many for an inline dropdown list,
+# whose formula Excel caps at 255 characters.  The reader ignores sheets starting with "_".
+LISTS_SHEET = "_Lists"
+# A fixed document date keeps the files' metadata stable between runs.
+DOCUMENT_DATE = datetime.datetime(2024, 1, 1)
+HEADER_FILL = PatternFill("solid", fgColor="DDEBF7")
+
+
+def _validation(column: Column, method_range: str | None) -> DataValidation | None:
+    """Return the dropdown or input limit for a column, or None when it takes free text."""
+    bounds = column.bounds()
+    message = f"{column.header}: {column.allowed()}."
+    if column.kind is Kind.CHOICE:
+        validation = DataValidation(type="list", formula1='"' + ",".join(column.choices()) + '"')
+    elif column.kind is Kind.BOOLEAN:
+        validation = DataValidation(type="list", formula1='"TRUE,FALSE"')
+    elif column.header == "Calculation Method" and method_range:
+        # Warn instead of stop: the reader checks the name against the same catalog anyway.
+        validation = DataValidation(type="list", formula1=method_range, errorStyle="warning")
+    elif column.kind in (Kind.INTEGER, Kind.NUMBER) and bounds.low is not None and bounds.high is not None:
+        kind = "whole" if column.kind is Kind.INTEGER else "decimal"
+        validation = DataValidation(type=kind, operator="between",
+                                    formula1=str(bounds.low), formula2=str(bounds.high))
+    else:
+        return None
+    validation.allow_blank = True
+    validation.showErrorMessage = True
+    validation.error = message
+    validation.errorTitle = f"Invalid {column.header}"
+    validation.showInputMessage = True
+    validation.prompt = message[:255]
+    validation.promptTitle = column.header[:32]
+    return validation
+
+
+def _column_width(column: Column) -> float:
+    if column.kind in (Kind.JSON, Kind.MAPPING, Kind.LIST, Kind.PATH):
+        return 36
+    return min(max(len(column.header) + 4, 14), 40)
+
+
+def _write_sheet(worksheet: Worksheet, sheet: Sheet, method_range: str | None) -> None:
+    for index, column in enumerate(sheet.columns, start=1):
+        letter = get_column_letter(index)
+        cell = worksheet.cell(row=1, column=index, value=column.header)
+        cell.font = Font(bold=True)
+        cell.fill = HEADER_FILL
+        cell.alignment = Alignment(vertical="top")
+        text = column.comment()
+        cell.comment = Comment(text, "quanttrain", width=360, height=40 + 16 * (len(text) // 50 + text.count("\n")))
+        worksheet.column_dimensions[letter].width = _column_width(column)
+        validation = _validation(column, method_range)
+        if validation is not None:
+            worksheet.add_data_validation(validation)
+            validation.add(f"{letter}2:{letter}{VALIDATED_ROWS + 1}")
+    worksheet.freeze_panes = "A2"
+
+
+def _write_lists(workbook: Workbook) -> str:
+    """Add the hidden sheet of calculation method names; return the dropdown's range formula."""
+    worksheet = workbook.create_sheet(LISTS_SHEET)
+    names = sorted(methods())
+    for row, name in enumerate(names, start=1):
+        worksheet.cell(row=row, column=1, value=name)
+    worksheet.sheet_state = "hidden"
+    return f"'{LISTS_SHEET}'!$A$1:$A${len(names)}"
+
+
+def build_workbook(kind: str) -> Workbook:
+    """Build the blank workbook of one kind (STRATEGY, PORTFOLIO or INDICATORS)."""
+    workbook = Workbook()
+    workbook.remove(workbook.active)
+    sheets = WORKBOOKS[kind]
+    worksheets = [workbook.create_sheet(sheet.name) for sheet in sheets]
+    method_range = _write_lists(workbook) if any(sheet.key == "indicators" for sheet in sheets) else None
+    for worksheet, sheet in zip(worksheets, sheets):
+        _write_sheet(worksheet, sheet, method_range)
+    workbook.active = 0
+    workbook.properties.creator = "quanttrain"
+    workbook.properties.created = DOCUMENT_DATE
+    workbook.properties.modified = DOCUMENT_DATE
+    return workbook
+
+
+def template_paths(directory: Path, version: str = TEMPLATE_VERSION) -> dict[str, Path]:
+    return {kind: directory / workbook_file_name(kind, version) for kind in WORKBOOKS}
+
+
+def write_templates(directory: Path, *, version: str = TEMPLATE_VERSION, force: bool = False) -> list[Path]:
+    """Write the three blank workbooks; raise FileExistsError naming every existing file unless ``force``."""
+    paths = template_paths(directory, version)
+    existing = [str(path) for path in paths.values() if path.exists()]
+    if existing and not force:
+        raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --force to overwrite")
+    directory.mkdir(parents=True, exist_ok=True)
+    for kind, path in paths.items():
+        build_workbook(kind).save(path)
+    return list(paths.values())
