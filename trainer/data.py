@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -58,7 +59,7 @@ def load_bars(path: str | Path) -> pd.DataFrame:
 
     Raises:
         DataError: the file is missing, has an unknown suffix, lacks a column,
-            holds a value that does not parse, or its timestamps repeat or
+            contains a value that does not parse, or its timestamps repeat or
             go backwards.  Every problem of the file is listed together.
     """
     resolved = Path(path).expanduser().resolve()
@@ -230,7 +231,7 @@ class _RowNamer:
 def _parse_timestamps(values: pd.Series, column: str, where: _RowNamer, problems: list[str]) -> pd.DatetimeIndex:
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         parsed = pd.to_datetime(values)
-        _report_bad(values.astype("string"), parsed.isna(), column, "is empty; fill or drop the row", where, problems)
+        _report_bad(values, parsed.isna(), column, "is empty; fill or drop the row", where, problems)
         return pd.DatetimeIndex(parsed, name=INDEX_NAME)
 
     text = values.astype("string").str.strip()
@@ -254,7 +255,7 @@ def _to_datetime(text: pd.Series, format: str | None) -> pd.Series:
 def _parse_floats(values: pd.Series, column: str, where: _RowNamer, problems: list[str]) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
         numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
-        _report_bad(values.astype("string"), pd.Series(np.isnan(numbers)), column,
+        _report_bad(values, np.isnan(numbers), column,
                     "is empty; fill or drop the row", where, problems)
         return numbers
     text = values.astype("string").str.strip()
@@ -266,15 +267,21 @@ def _parse_floats(values: pd.Series, column: str, where: _RowNamer, problems: li
     return numbers
 
 
-def _report_bad(text: pd.Series, bad: pd.Series, column: str, reason: str, where: _RowNamer,
+def _report_bad(values: pd.Series, bad: Any, column: str, reason: str, where: _RowNamer,
                 problems: list[str]) -> None:
     positions = np.flatnonzero(np.asarray(bad, dtype=bool))
     if positions.size == 0:
         return
-    shown = text.fillna("")
-    examples = ", ".join(f"{shown.iloc[pos]!r} at {where(int(pos))}" for pos in positions[:_MAX_EXAMPLES])
+    # Only the examples are turned into text: formatting a whole column would
+    # dominate the load time of a large file.
+    examples = ", ".join(f"{_cell_text(values.iloc[pos])!r} at {where(int(pos))}"
+                         for pos in positions[:_MAX_EXAMPLES])
     more = f" and {positions.size - _MAX_EXAMPLES} more" if positions.size > _MAX_EXAMPLES else ""
     problems.append(f"column {column!r}: value {reason}: {examples}{more}")
+
+
+def _cell_text(value: Any) -> str:
+    return "" if pd.isna(value) else str(value)
 
 
 def _check_order(index: pd.DatetimeIndex, where: _RowNamer, problems: list[str]) -> None:

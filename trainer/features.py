@@ -282,7 +282,7 @@ class FeatureScaler(TransformerMixin, BaseEstimator):
     scale of 1 so it maps to 0 instead of NaN.  Statistics ignore NaN.
 
     Inside a scikit-learn Pipeline it is refitted on the training rows of each
-    cross-validation fold, so no statistic sees the rows a fold is scored on.
+    cross-validation fold, so no statistic uses the rows a fold is scored on.
     """
 
     def __init__(self, normalizations: list[str] | None = None, weights: list[float] | None = None) -> None:

@@ -10,7 +10,7 @@ access:
 writes ``DIR/sp500_daily.csv`` and ``DIR/nasdaq_daily.csv`` with the columns
 ``timestamp,open,high,low,close,volume``.  ``close`` is the raw close, not
 ``Adj Close``.  The output is byte-identical on every run, and a file that
-already holds the same bytes is left untouched.
+already contains the same bytes is left untouched.
 """
 
 from __future__ import annotations

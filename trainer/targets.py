@@ -71,7 +71,7 @@ def label_column(bars: pd.DataFrame, config: TrainingJobConfig) -> str | None:
             if wanted in RAW_COLUMNS:
                 raise TargetError(
                     f"Target Variable {config.features.target_variable!r} is a price column; "
-                    "name a column that holds labels, or a new name for the computed target"
+                    "name a column that contains labels, or a new name for the computed target"
                 )
             return str(name)
     return None
@@ -146,8 +146,8 @@ class LabelCoder:
     """Map class labels of any coding to 0..k-1 and back.
 
     Classes are sorted: numerically when every label is a number (so -1
-    comes before 1), otherwise as strings.  ``classes_`` holds their text
-    for reports (``1.0`` shows as ``"1"``); ``values_`` holds the originals.
+    comes before 1), otherwise as strings.  ``classes_`` contains their text
+    for reports (``1.0`` shows as ``"1"``), and ``values_`` contains the original values.
     """
 
     def fit(self, labels: Any) -> LabelCoder:
