@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Modules that add subcommands, in the order they appear in --help.
-COMMAND_MODULES: tuple[str, ...] = ("commands_workbook",)
+COMMAND_MODULES: tuple[str, ...] = ("commands_workbook", "commands_features")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -97,7 +97,7 @@ def test_bb_position_is_close_within_the_bands(bars):
     np.testing.assert_allclose(values[19:], ((close - lower) / (upper - lower))[19:])
 
 
-def test_bb_position_of_a_flat_window_is_the_middle():
+def test_bb_position_of_flat_window_is_half():
     flat = pd.DataFrame({"open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": 5.0},
                         index=pd.date_range("2024-01-01", periods=30, freq="D", name="timestamp"))
 
@@ -267,7 +267,7 @@ def test_scaler_rejects_settings_of_the_wrong_length():
         FeatureScaler(normalizations=["NONE"], weights=[1.0]).fit(frame_of({"a": [1.0], "b": [2.0]}))
 
 
-def test_scaler_in_a_pipeline_refits_on_each_training_slice():
+def test_scaler_in_pipeline_refits_per_slice():
     rng = np.random.default_rng(1)
     X = frame_of({"a": np.concatenate([rng.normal(0, 1, 200), rng.normal(50, 1, 200)])})
     y = (X["a"].to_numpy() > np.median(X["a"])).astype(int)
@@ -291,3 +291,86 @@ def test_make_feature_scaler_takes_indicator_settings():
 
     assert scaler.normalizations == ["ROBUST", "NONE", "NONE", "NONE", "NONE"]
     assert scaler.weights == [0.5, 0.0, 1.0, 1.0, 0.5]
+
+
+def write_job(tmp_path, *names):
+    import yaml
+
+    documents = []
+    for name in names:
+        spec = job_config(
+            [{"name": "rsi", "type": "TECHNICAL", "calculationMethod": "RSI", "thresholds": {"lower": 30}},
+             {"name": "macd_hist", "type": "TECHNICAL", "calculationMethod": "MACD", "output": "macdhist"}],
+            ["rsi", "macd_hist"], return_lags=[1, 5],
+        ).to_spec()
+        spec["strategy"]["name"] = name
+        documents.append({"apiVersion": "quanttrain.io/v1alpha1", "kind": "MLTrainingJob",
+                          "metadata": {"name": name.lower()}, "spec": spec})
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump_all(documents), encoding="utf-8")
+    return path
+
+
+@pytest.fixture()
+def sp500_csv(tmp_path):
+    from quanttrain.trainer.market_data import bars_to_csv
+
+    path = tmp_path / "sp500.csv"
+    path.write_text(bars_to_csv(arch_bars("sp500")), encoding="utf-8")
+    return path
+
+
+def run_cli(*argv):
+    from quanttrain.operator.cli import main
+
+    return main([str(arg) for arg in argv])
+
+
+def test_features_command_writes_features_and_target(tmp_path, sp500_csv, capsys):
+    output = tmp_path / "out" / "features.csv"
+
+    status = run_cli("features", write_job(tmp_path, "Alpha"), "--data", sp500_csv, "--output", output)
+
+    assert status == 0, capsys.readouterr().err
+    table = pd.read_csv(output, index_col="timestamp")
+    assert list(table.columns) == ["rsi", "macd_hist", "return_lag_1", "return_lag_5", "rsi_below_lower",
+                                   "direction"]
+    assert not table.isna().any().any()
+    assert set(table["direction"]) == {0, 1}
+    expected_rsi = talib.RSI(arrays(arch_bars("sp500"))["close"], 14)[-len(table) - 1:-1]
+    np.testing.assert_allclose(table["rsi"].to_numpy(), expected_rsi)
+
+
+def test_features_command_keeps_every_bar_on_request(tmp_path, sp500_csv, capsys):
+    output = tmp_path / "features.parquet"
+
+    status = run_cli("features", write_job(tmp_path, "Alpha"), "--data", sp500_csv, "--output", output,
+                     "--all-rows")
+
+    assert status == 0, capsys.readouterr().err
+    table = pd.read_parquet(output)
+    assert len(table) == 5031
+    assert table["rsi"].iloc[:14].isna().all()
+    assert pd.isna(table["direction"].iloc[-1])
+
+
+def test_features_command_writes_nothing_on_bad_data(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("timestamp,open,high,low,close\n2020-01-02,1,2,0.5,1.5\n", encoding="utf-8")
+    output = tmp_path / "features.csv"
+
+    status = run_cli("features", write_job(tmp_path, "Alpha"), "--data", bad, "--output", output)
+
+    assert status == 1
+    assert "missing column(s) volume" in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_features_command_asks_which_strategy(tmp_path, sp500_csv, capsys):
+    job = write_job(tmp_path, "Alpha", "Beta")
+
+    status = run_cli("features", job, "--data", sp500_csv, "--output", tmp_path / "features.csv")
+
+    assert status == 1
+    assert "choose one with --strategy NAME" in capsys.readouterr().err
+    assert run_cli("features", job, "--data", sp500_csv, "--output", tmp_path / "f.csv", "--strategy", "Beta") == 0
