@@ -72,6 +72,26 @@ class _Join:
     def __init__(self, reading: Reading) -> None:
         self.reading = reading
         self.problems: list[Problem] = []
+        # Rule problems on rows shared by several strategies, with the strategies they break.
+        self.shared: dict[tuple[str, str, str, str], tuple[Problem, list[str]]] = {}
+
+    def add_shared(self, problem: Problem, strategy: str) -> None:
+        key = (problem.file, problem.sheet, problem.cell, problem.message)
+        if key not in self.shared:
+            self.shared[key] = (problem, [])
+            self.problems.append(problem)  # a placeholder, replaced in all_problems()
+        self.shared[key][1].append(strategy)
+
+    def all_problems(self, strategy_count: int) -> list[Problem]:
+        """Return every problem; a shared row's rule problem names the strategies it breaks, unless all."""
+        named = {}
+        for problem, strategies in self.shared.values():
+            if len(strategies) == strategy_count:
+                continue
+            noun = "strategy" if len(strategies) == 1 else "strategies"
+            names = ", ".join(show(name) for name in strategies)
+            named[id(problem)] = dataclasses.replace(problem, message=f"{problem.message} (for {noun} {names})")
+        return _unique([named.get(id(problem), problem) for problem in self.problems])
 
     def strategies(self) -> dict[str, Row]:
         """Return Strategy rows by normalised name; report duplicate names and Kubernetes names."""
@@ -212,6 +232,9 @@ class _Builder:
             _map_cells(self.cells, prefix, row)
             self.rows.append(row)
             indicator = _dump(row)
+            if not row.valid:
+                built.append(indicator)  # reported already; the strategy is not built
+                continue
             indicator["parameters"] = self._parameters(row, prefix, dict(indicator["parameters"]))
             threshold_row = self.extras.thresholds.get(_indicator_key(row))
             if threshold_row is not None:
@@ -260,8 +283,8 @@ class _Builder:
     def name(self) -> str:
         return self.strategy_row.values["strategy name"]
 
-    def problem_at(self, violation: Violation) -> Problem:
-        """Locate a field-path violation at the cell that holds the field (or its nearest parent)."""
+    def report(self, violation: Violation) -> None:
+        """Report a field-path violation at the cell that holds the field (or its nearest parent)."""
         path = violation.path
         for length in range(len(path), -1, -1):
             if path[:length] in self.cells:
@@ -269,9 +292,12 @@ class _Builder:
                 break
         column = row.sheet.column(key)
         shown = show(row.raw[key]) if key in row.raw else "(blank)"
-        shared = row is not self.strategy_row and not row.link() and row.sheet.link is Link.STRATEGY
-        context = f" (for strategy {show(self.name)})" if shared else ""
-        return row.problem(key, f"{column.header} {shown}: {violation.message}{context}")
+        problem = row.problem(key, f"{column.header} {shown}: {violation.message}")
+        # A row without a Strategy Name can break the rules for some strategies only.
+        if row is not self.strategy_row and not row.link():
+            self.join.add_shared(problem, self.name)
+        else:
+            self.join.problems.append(problem)
 
 
 # Valid Strategy settings that stand in for an invalid Strategy row while the other rules run.
@@ -317,10 +343,12 @@ def _build_strategy(join: _Join, extras: _IndicatorExtras, key: str, strategy_ro
     try:
         spec = MLTrainingJobSpec.model_validate(data)
     except ValidationError as error:
-        join.problems.extend(builder.problem_at(v) for v in violations_from_validation_error(error))
+        for violation in violations_from_validation_error(error):
+            builder.report(violation)
         return None
     violations = spec_rule_violations(spec)
-    join.problems.extend(builder.problem_at(violation) for violation in violations)
+    for violation in violations:
+        builder.report(violation)
     if violations or not strategy_row.valid:
         return None
     return StrategyJob(kubernetes_name(builder.name), spec, strategy_row)
@@ -347,7 +375,7 @@ def build_jobs(reading: Reading) -> tuple[list[StrategyJob], list[Problem]]:
         job = _build_strategy(join, extras, key, row, picks)
         if job is not None:
             jobs.append(job)
-    return jobs, _unique(join.problems)
+    return jobs, join.all_problems(len(strategies))
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:

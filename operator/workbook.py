@@ -180,7 +180,7 @@ class Column:
         value = self.default()
         if value is PydanticUndefined:
             return "required" if self.required else "blank"
-        return format_value(value)
+        return "blank" if value is None else format_value(value)
 
     def comment(self) -> str:
         """Return the header comment of the template: meaning, unit, range and default."""
@@ -206,8 +206,8 @@ class Bounds:
         if self.low is None or self.high is None:
             return ""
         if self.low_open or self.high_open:
-            low_word = "above" if self.low_open else "from"
-            high_word = "below" if self.high_open else "up to"
+            low_word = "above" if self.low_open else "at least"
+            high_word = "below" if self.high_open else "at most"
             return f"{low_word} {format_value(self.low)} and {high_word} {format_value(self.high)}"
         return f"from {format_value(self.low)} to {format_value(self.high)}"
 
