@@ -160,3 +160,21 @@ def test_dataset_rejects_a_single_class():
 
     with pytest.raises(TargetError, match="single class '1'"):
         build_dataset(bars, job_config(target_variable="label"))
+
+
+def test_dataset_horizon_is_the_label_lookahead():
+    bars = arch_bars("sp500").iloc[:600]
+
+    dataset = build_dataset(bars, job_config("VOLATILITY", volatility_window=15))
+
+    assert dataset.horizon == 15
+    assert dataset.prediction_horizon == 1
+
+
+def test_user_label_column_uses_the_prediction_horizon():
+    bars = arch_bars("sp500").iloc[:600].copy()
+    bars["regime"] = np.arange(600) % 2
+
+    dataset = build_dataset(bars, job_config("VOLATILITY", target_variable="regime", volatility_window=15))
+
+    assert dataset.horizon == 1

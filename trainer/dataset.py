@@ -21,6 +21,7 @@ from quanttrain.trainer.targets import (
     TargetError,
     build_target,
     horizon_bars,
+    label_column,
     target_lookahead_bars,
 )
 
@@ -84,13 +85,15 @@ def build_dataset(bars: pd.DataFrame, config: TrainingJobConfig) -> Dataset:
             f"over {int(complete.sum())} rows; a classifier needs at least two classes"
         )
 
+    # A user's label column gets the prediction horizon: its own look-ahead is unknown.
+    lookahead = prediction_horizon if label_column(bars, config) else target_lookahead_bars(config, prediction_horizon)
     X = features.loc[complete]
     return Dataset(
         X=X,
         y=coder.transform(labels[complete]),
         classes=list(coder.classes_),
         timestamps=X.index,
-        horizon=target_lookahead_bars(config, prediction_horizon),
+        horizon=lookahead,
         interval_minutes=float(interval),
         close=bars["close"].to_numpy(dtype=np.float64)[complete],
         feature_names=list(X.columns),

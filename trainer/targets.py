@@ -79,6 +79,8 @@ def label_column(bars: pd.DataFrame, config: TrainingJobConfig) -> str | None:
 
 def target_lookahead_bars(config: TrainingJobConfig, horizon: int) -> int:
     """Return how many bars after ``t`` the label at ``t`` depends on."""
+    # NOTE: a user's own label column is taken to look at most `horizon` bars
+    # ahead, because the file does not say how it was made.
     if config.strategy.prediction_target is PredictionTarget.VOLATILITY:
         return max(horizon, config.strategy.feature_configuration.volatility_window)
     return horizon
