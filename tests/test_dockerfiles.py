@@ -185,6 +185,32 @@ def test_trainer_image_has_torchrun_on_path() -> None:
     assert "/opt/venv" in final_stage(TRAINER).arguments("COPY")[0]
 
 
+def test_operator_pods_run_the_trainer_entrypoint() -> None:
+    from quanttrain.operator import manifests
+    from quanttrain.operator.convert import jobs_from_workbooks
+    from quanttrain.operator.settings import OperatorSettings
+
+    workbooks = sorted(str(path) for path in (ROOT / "examples").glob("ML_CONFIG_*_1.0.0.xlsx"))
+    jobs, problems = jobs_from_workbooks(workbooks)
+    assert jobs and not problems
+    spec = jobs[0].spec
+    distributed = spec.model_copy(update={"distributed": spec.distributed.model_copy(update={"enabled": True, "nodes": 2})})
+    job = manifests.JobIdentity(name="momentum", namespace="research", uid="0f6c1c3e-4b8e-4c55-9d59-1b2f3a4c5d6e")
+    entrypoint = json.loads(final_stage(TRAINER).arguments("ENTRYPOINT")[-1])
+
+    single_node = manifests.trainer_command(job, spec, OperatorSettings(), "/registry")
+    assert single_node[: len(entrypoint)] == entrypoint
+    under_torchrun = manifests.trainer_command(job, distributed, OperatorSettings(), "/registry")
+    assert under_torchrun[0] == "torchrun"
+    assert under_torchrun[under_torchrun.index("-m") + 1] == entrypoint[-1]
+
+
+def test_operator_pods_run_as_the_image_user() -> None:
+    from quanttrain.operator import manifests
+
+    assert int(final_stage(TRAINER).arguments("USER")[-1].split(":")[0]) == manifests.TRAINER_UID
+
+
 def test_trainer_image_installs_the_trainer_extra() -> None:
     requirements = [r for stage in parse_dockerfile(TRAINER) for r in pip_requirements(stage)]
     assert any(requirement.endswith("[trainer]") for requirement in requirements)

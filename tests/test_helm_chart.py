@@ -48,6 +48,8 @@ VALUE_CASES: dict[str, dict[str, Any]] = {
                 }
             },
             "podAnnotations": {"prometheus.io/scrape": "false"},
+            "verbose": True,
+            "logJson": True,
         },
         "trainer": {
             "image": {
@@ -74,8 +76,10 @@ OPERATOR_PERMISSIONS = {
     *{("", "configmaps", verb) for verb in ("get", "list", "watch", "create", "patch", "delete")},
     *{("", "events", verb) for verb in ("create", "patch")},
     *{("events.k8s.io", "events", verb) for verb in ("create", "patch")},
-    *{("", "pods", verb) for verb in ("get", "list", "watch", "delete")},
+    *{("", "pods", verb) for verb in ("get", "list", "watch", "patch", "delete")},
 }
+# What gang scheduling adds: the operator creates one Volcano PodGroup per distributed job.
+POD_GROUP_PERMISSIONS = {("scheduling.volcano.sh", "podgroups", verb) for verb in ("get", "create", "delete")}
 CRD_READ_PERMISSIONS = {
     ("apiextensions.k8s.io", "customresourcedefinitions", verb) for verb in ("get", "list", "watch")
 }
@@ -231,6 +235,11 @@ def test_role_grants_exactly_the_operator_permissions(rendered: dict[str, list[d
     assert permissions(role) == OPERATOR_PERMISSIONS
 
 
+def test_gang_scheduling_adds_pod_group_permissions(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    role = only(rendered["scheduler-and-volumes"], "Role")
+    assert permissions(role) == OPERATOR_PERMISSIONS | POD_GROUP_PERMISSIONS
+
+
 def test_role_and_binding_are_in_the_release_namespace_by_default(rendered: dict[str, list[dict[str, Any]]]) -> None:
     docs = rendered["defaults"]
     assert only(docs, "Role")["metadata"]["namespace"] == RELEASE_NAMESPACE
@@ -331,7 +340,7 @@ def test_liveness_probe_matches_the_operator_endpoint(rendered: dict[str, list[d
 def test_operator_cli_accepts_the_chart_arguments(rendered: dict[str, list[dict[str, Any]]]) -> None:
     from quanttrain.operator.cli import build_parser
 
-    for case in ("defaults", "several-namespaces", "all-namespaces"):
+    for case in ("defaults", "several-namespaces", "all-namespaces", "scheduler-and-volumes"):
         container = operator_container(rendered[case])
         assert container["command"][0] == "quanttrain"
         try:
@@ -339,6 +348,11 @@ def test_operator_cli_accepts_the_chart_arguments(rendered: dict[str, list[dict[
         except SystemExit:
             pytest.fail(f"`quanttrain` rejects the chart's arguments {container['args']} ({case})")
         assert arguments.command == "operator"
+
+
+def test_logging_values_become_operator_flags(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    assert {"--verbose", "--log-json"} <= set(operator_container(rendered["scheduler-and-volumes"])["args"])
+    assert {"--verbose", "--log-json"}.isdisjoint(operator_container(rendered["defaults"])["args"])
 
 
 def test_operator_pod_meets_the_restricted_security_standard(rendered: dict[str, list[dict[str, Any]]]) -> None:

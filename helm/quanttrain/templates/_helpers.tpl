@@ -73,7 +73,9 @@ The operator's permissions in a watched namespace.  Every verb has a user:
   jobs: one Indexed Job per MLTrainingJob, patched to resume it from suspend;
   services, configmaps: the headless Service and the spec ConfigMap of each job;
   events: Events on the MLTrainingJob for launch, retries, success and failure;
-  pods: read the trainer's termination message, and delete pods that outlive their job.
+  pods: read the trainer's termination message, label each pod with its replica
+    index, and delete pods that outlive their job;
+  podgroups (trainer.gangScheduling only): one Volcano PodGroup per distributed job.
 */}}
 {{- define "quanttrain.operatorRules" -}}
 - apiGroups: ["quanttrain.io"]
@@ -96,5 +98,10 @@ The operator's permissions in a watched namespace.  Every verb has a user:
   verbs: ["create", "patch"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "delete"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
+{{- if .Values.trainer.gangScheduling }}
+- apiGroups: ["scheduling.volcano.sh"]
+  resources: ["podgroups"]
+  verbs: ["get", "create", "delete"]
+{{- end }}
 {{- end }}
