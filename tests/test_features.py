@@ -374,3 +374,30 @@ def test_features_command_asks_which_strategy(tmp_path, sp500_csv, capsys):
     assert status == 1
     assert "choose one with --strategy NAME" in capsys.readouterr().err
     assert run_cli("features", job, "--data", sp500_csv, "--output", tmp_path / "f.csv", "--strategy", "Beta") == 0
+
+
+def test_every_catalog_method_computes_a_full_series(bars):
+    from quanttrain.trainer.indicator_catalog import methods
+
+    for name, method in methods().items():
+        if name == "MAVP":
+            continue
+        for output in method.outputs:
+            settings = indicator(name, output=output)
+            values = compute_indicator(bars, settings, interval_minutes=1440)
+            assert len(values) == len(bars), f"{name}.{output}"
+            assert values.dtype == np.float64, f"{name}.{output}"
+
+
+def test_method_with_a_non_bar_input_is_rejected(bars):
+    with pytest.raises(FeatureError, match=r"MAVP needs input\(s\) \['periods'\] that bar data does not have"):
+        compute_indicator(bars, indicator("MAVP"))
+
+
+def test_dataset_names_a_feature_without_any_value(bars):
+    from quanttrain.trainer.dataset import build_dataset
+
+    config = job_config([{"name": "angle", "type": "CUSTOM", "calculationMethod": "ACOS"}], ["angle"])
+
+    with pytest.raises(FeatureError, match="feature\\(s\\) angle have no value on any of the 5031 bars"):
+        build_dataset(bars, config)

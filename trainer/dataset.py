@@ -15,7 +15,7 @@ import pandas as pd
 
 from quanttrain.trainer.config import TrainingJobConfig
 from quanttrain.trainer.data import bar_interval_minutes
-from quanttrain.trainer.features import build_feature_frame
+from quanttrain.trainer.features import FeatureError, build_feature_frame
 from quanttrain.trainer.targets import (
     LabelCoder,
     TargetError,
@@ -65,13 +65,20 @@ def build_dataset(bars: pd.DataFrame, config: TrainingJobConfig) -> Dataset:
     """Compute features and labels and keep the rows where every value is known.
 
     Raises:
-        TargetError: no row is left, or the labels hold a single class.
+        FeatureError: a feature has no value on any bar.
+        TargetError: no row is left, or the labels contain a single class.
     """
     interval = config.strategy.feature_configuration.bar_interval_minutes or bar_interval_minutes(bars.index)
     prediction_horizon = horizon_bars(config.strategy.prediction_horizon_minutes, interval)
     features = build_feature_frame(bars, config, interval)
     labels = build_target(bars, config, prediction_horizon)
 
+    empty = [str(name) for name in features.columns[features.isna().all().to_numpy()]]
+    if empty:
+        raise FeatureError(
+            f"feature(s) {', '.join(empty)} have no value on any of the {len(bars)} bars; the data may be too "
+            "short for the lookback period, or the method undefined for these prices (ACOS of prices above 1)"
+        )
     complete = features.notna().all(axis=1).to_numpy() & labels.notna().to_numpy()
     if not complete.any():
         raise TargetError(
