@@ -289,6 +289,7 @@ def evaluate(
     feature_names: list[str] | None = None,
     cross_validation: CrossValidation | None = None,
     random_seed: int = 0,
+    probabilities: np.ndarray | None = None,
 ) -> EvaluationReport:
     """Evaluate a fitted classifier on the test rows.
 
@@ -297,10 +298,14 @@ def evaluate(
     ``train_data`` and ``validation_data`` are ``(X, y)`` pairs for the
     overfitting check and the majority class.  Permutation importance runs on
     the validation rows, or on the test rows when there are none.
+    ``probabilities`` replaces ``estimator.predict_proba(X_test)`` when the
+    caller predicted the test rows itself (a sequence model given the rows
+    before the test period as history).
     """
     n_classes = len(classes)
     y_test = np.asarray(y_test, dtype=np.int64)
-    probabilities = predict_probabilities(estimator, X_test, n_classes)
+    if probabilities is None:
+        probabilities = predict_probabilities(estimator, X_test, n_classes)
     report_scores = score_labels(y_test, probabilities.argmax(axis=1), n_classes)
     coverage, precision_at_threshold = threshold_scores(y_test, probabilities, confidence_threshold)
 
