@@ -70,7 +70,7 @@ def _report(problems: Sequence[Problem], outcome: str) -> int:
 def run_template(args: argparse.Namespace) -> int:
     try:
         paths = write_templates(args.directory, version=args.version, force=args.force)
-    except FileExistsError as error:
+    except OSError as error:  # FileExistsError included: existing workbooks without --force
         print(f"quanttrain template: {error}", file=sys.stderr)
         return 1
     for path in paths:
@@ -96,7 +96,12 @@ def run_convert(args: argparse.Namespace) -> int:
     documents = render_documents(jobs, args.workbooks, args.namespace)
     if args.check:
         return _check(args.output_dir, documents, args.workbooks)
-    for name, outcome in write_documents(args.output_dir, documents, args.workbooks).items():
+    try:
+        outcomes = write_documents(args.output_dir, documents, args.workbooks)
+    except OSError as error:
+        print(f"quanttrain convert: cannot write to {args.output_dir}: {error}", file=sys.stderr)
+        return 1
+    for name, outcome in outcomes.items():
         print(f"{outcome} {args.output_dir / name}")
     return 0
 

@@ -1,8 +1,8 @@
 """Join the rows of every sheet into one MLTrainingJob per Strategy row, and write them as YAML.
 
 Linking rules: a row on any sheet but Strategy names its strategy in Strategy
-Name (Parameters and Thresholds name their indicator); a blank Strategy Name
-applies the row to every strategy.  On the one-row-per-strategy sheets
+Name, and a row on Parameters and Thresholds names its indicator.  A blank
+Strategy Name applies the row to every strategy.  On the one-row-per-strategy sheets
 (Models, Features, Portfolio, Risk) a row naming the strategy wins over a
 blank one; on Indicators and Allocation a strategy takes its own rows plus the
 blank ones.  Rules across fields (``rule_violations``) report field paths,
@@ -284,7 +284,7 @@ class _Builder:
         return self.strategy_row.values["strategy name"]
 
     def report(self, violation: Violation) -> None:
-        """Report a field-path violation at the cell that holds the field (or its nearest parent)."""
+        """Report a field-path violation at the cell that fills the field (or its nearest parent)."""
         path = violation.path
         for length in range(len(path), -1, -1):
             if path[:length] in self.cells:

@@ -258,7 +258,13 @@ def _mapping(column: Column, value: Any) -> dict[str, Any]:
 
 
 def _list(column: Column, value: Any) -> list[str]:
-    return [item.strip() for item in _text(column, value).split(",") if item.strip()]
+    items = [item.strip() for item in _text(column, value).split(",") if item.strip()]
+    seen: set[str] = set()
+    for item in items:
+        if item.casefold() in seen:
+            raise CellError(f"{column.header} {show(value)} lists {item!r} twice; list each name once")
+        seen.add(item.casefold())
+    return items
 
 
 _READERS = {
@@ -518,7 +524,10 @@ def read_workbooks(paths: Sequence[str]) -> Reading:
         except (OSError, zipfile.BadZipFile, InvalidFileException, KeyError, ValueError) as error:
             reading.problems.append(Problem(path, "", "", None, f"cannot be read as an Excel workbook (.xlsx): {error}"))
             continue
+        # Chart sheets have no cells, so only worksheets are read.
         for cached_sheet in cached_book.worksheets:
+            if not hasattr(cached_sheet, "iter_rows"):
+                continue
             _read_file_sheet(reading, path, cached_sheet, formula_book[cached_sheet.title])
 
     for sheet in SHEETS:

@@ -40,10 +40,11 @@ class InputError(ValueError):
 def load_job_specs(paths: list[str]) -> list[tuple[str, MLTrainingJobSpec]]:
     """Return ``(job name, spec)`` for every strategy in the given workbooks and job files.
 
-    Workbooks (.xlsx) are read together, since their sheets may be spread over
-    several files; each YAML or JSON file is read on its own and may hold
-    several documents.  Raise :class:`InputError` listing every problem.
+    Workbooks (.xlsx) are read together because their sheets may be spread
+    over several files.  Each YAML or JSON file is read on its own and may
+    contain several documents.  Raise :class:`InputError` listing every problem.
     """
+    paths = [str(path) for path in paths]
     workbooks = [path for path in paths if Path(path).suffix.lower() in WORKBOOK_SUFFIXES]
     problems: list[Problem] = []
     specs: list[tuple[str, MLTrainingJobSpec]] = []

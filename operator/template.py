@@ -24,7 +24,8 @@ VALIDATED_ROWS = 1000
 # Hidden sheet listing the calculation methods: too many for an inline dropdown list,
 # whose formula Excel caps at 255 characters.  The reader ignores sheets starting with "_".
 LISTS_SHEET = "_Lists"
-# A fixed document date keeps the files' metadata stable between runs.
+# Creation date stored in the files.  NOTE: openpyxl stamps the modification
+# time on every save, so two runs still differ in docProps/core.xml.
 DOCUMENT_DATE = datetime.datetime(2024, 1, 1)
 HEADER_FILL = PatternFill("solid", fgColor="DDEBF7")
 
@@ -101,7 +102,6 @@ def build_workbook(kind: str) -> Workbook:
     workbook.active = 0
     workbook.properties.creator = "quanttrain"
     workbook.properties.created = DOCUMENT_DATE
-    workbook.properties.modified = DOCUMENT_DATE
     return workbook
 
 

@@ -48,7 +48,7 @@ IGNORED_SHEET_PREFIXES = ("_", "notes", "#", "readme")
 
 
 class Kind(enum.Enum):
-    """How a cell is read."""
+    """Cell type of a column, which decides how the reader converts its cells."""
 
     TEXT = "text"
     PATH = "path"
@@ -63,7 +63,7 @@ class Kind(enum.Enum):
 
 
 class Link(enum.Enum):
-    """What a sheet's rows point at."""
+    """Target of a sheet's rows: nothing, a strategy or an indicator."""
 
     NONE = "none"
     STRATEGY = "strategy"
@@ -79,10 +79,10 @@ def normalize_header(text: str) -> str:
 class Column:
     """One column: its header, how a cell is read, and the config field it fills.
 
-    ``model`` and ``field`` name the pydantic field that validates the value;
+    ``model`` and ``field`` name the pydantic field that validates the value.
     ``section`` is the key path from the sheet's place in the spec to that
-    model (``("training",)`` on the Models sheet).  Link columns (Strategy
-    Name, Indicator Name on the linked sheets) fill no field.
+    model, for example ``("training",)`` on the Models sheet.  Link columns
+    (Strategy Name, Indicator Name on the linked sheets) fill no field.
     """
 
     header: str

@@ -76,7 +76,7 @@ def test_first_example_is_the_demo_strategy(paths):
     assert spec.training.min_accuracy_threshold == 0.0
 
 
-def test_blank_strategy_row_applies_unless_strategy_has_its_own(paths):
+def test_blank_row_is_the_fallback(paths):
     jobs = jobs_by_name(paths)
 
     assert jobs["sp500-momentum-rf"].features.target_variable == "direction"
@@ -331,12 +331,13 @@ def test_reconversion_is_byte_identical(paths, tmp_path):
 
 
 def test_unicode_name_is_kept_in_yaml(paths):
-    edit(paths[STRATEGY], "Strategy", {"A2": "Über Momentum", "A3": None})
+    edit(paths[STRATEGY], "Strategy", {"A2": "Über Momentum"})
     edit(paths[STRATEGY], "Models", {"A2": "Über Momentum"})
 
     jobs, problems = jobs_from_workbooks(paths)
     text = render_documents(jobs, paths)["uber-momentum.yaml"]
 
+    assert problems == []
     assert "quanttrain.io/strategy-name: Über Momentum" in text
 
 

@@ -351,6 +351,14 @@ def test_value_under_blank_header_is_an_error(paths):
     assert "which has no header" in messages[0]
 
 
+def test_feature_columns_reject_repeated_names(paths):
+    edit(paths[0], "Features", {"C2": "rsi, macd, RSI"})
+
+    messages = problems_at(read_workbooks(paths), "Features", "C2")
+
+    assert messages == ["Feature Columns 'rsi, macd, RSI' lists 'RSI' twice; list each name once"]
+
+
 def test_json_error_names_cell_and_position(paths):
     edit(paths[0], "Models", {"H3": '{"max_depth": [2, 4,}'})
 

@@ -114,6 +114,15 @@ def test_convert_check_prints_diff_and_writes_nothing(workbooks, tmp_path, capsy
     assert not (output / "sp500-trend-xgb.yaml").exists()
 
 
+def test_convert_reports_unwritable_output(workbooks, tmp_path, capsys):
+    (tmp_path / "jobs").write_text("a file, not a folder")
+
+    status = main(["convert", *workbooks, "--output-dir", str(tmp_path / "jobs")])
+
+    assert status == 1
+    assert capsys.readouterr().err.startswith(f"quanttrain convert: cannot write to {tmp_path / 'jobs'}")
+
+
 def test_convert_rejects_invalid_namespace(workbooks, tmp_path):
     with pytest.raises(SystemExit) as caught:
         main(["convert", *workbooks, "--output-dir", str(tmp_path), "--namespace", "Trading_Desk"])
