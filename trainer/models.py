@@ -249,7 +249,7 @@ def _build_xgb(config: TrainingJobConfig, params: dict[str, Any], n_classes: int
         return XGBClassifier(**options)
     booster = XGBClassifier(early_stopping_rounds=training.early_stopping_patience, **options)
     return HoldoutEarlyStopping(booster, validation_fraction=validation_fraction,
-                                validation_gap=horizon_bars(config))
+                                validation_gap=early_stopping_gap(config))
 
 
 def _build_lstm(config: TrainingJobConfig, params: dict[str, Any]):
@@ -258,7 +258,7 @@ def _build_lstm(config: TrainingJobConfig, params: dict[str, Any]):
     training = config.training
     options = {
         "sequence_length": config.strategy.feature_configuration.sequence_length,
-        "validation_gap": horizon_bars(config),
+        "validation_gap": early_stopping_gap(config),
         **params,
         "patience": training.early_stopping_patience if training.early_stopping else None,
         "device": _device(training.gpu_enabled, cuda_name="cuda"),
@@ -267,19 +267,22 @@ def _build_lstm(config: TrainingJobConfig, params: dict[str, Any]):
     return LSTMClassifier(**options)
 
 
-def horizon_bars(config: TrainingJobConfig) -> int:
-    """Return the prediction horizon in bars when the bar interval is configured, else 0.
+def early_stopping_gap(config: TrainingJobConfig) -> int:
+    """Return the bars a label looks ahead when the bar interval is configured, else 0.
 
     Early stopping drops this many rows between its training and evaluation
-    parts, so that the targets of the last training rows (which look this far
-    ahead) do not overlap the evaluation rows.
+    parts, so that the labels of the last training rows do not overlap the
+    evaluation rows.  Callers that know the dataset's look-ahead may set the
+    model's ``validation_gap`` to it instead.
     """
+    from quanttrain.trainer.targets import horizon_bars, target_lookahead_bars
+
     # NOTE: with the bar interval left to inference from timestamps, no gap is
     # dropped; the overlap then only makes early stopping slightly optimistic.
     interval = config.strategy.feature_configuration.bar_interval_minutes
     if interval is None:
         return 0
-    return math.ceil(config.strategy.prediction_horizon_minutes / interval)
+    return target_lookahead_bars(config, horizon_bars(config.strategy.prediction_horizon_minutes, interval))
 
 
 def _device(gpu_enabled: bool, cuda_name: str) -> str:
