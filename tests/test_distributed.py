@@ -158,11 +158,18 @@ def test_load_rejects_a_pickled_object(tmp_path):
         checkpoints.load_checkpoint(path)
 
 
-def test_remove_checkpoints_deletes_the_folder(tmp_path):
-    folder = tmp_path / "run"
+def test_remove_checkpoints_deletes_the_folder_and_its_empty_parent(tmp_path):
+    folder = tmp_path / "checkpoints" / "run"
     checkpoints.save_checkpoint(folder, 1, _state(1.0))
     checkpoints.remove_checkpoints(folder)
-    assert not folder.exists()
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_remove_checkpoints_keeps_other_runs(tmp_path):
+    checkpoints.save_checkpoint(tmp_path / "checkpoints" / "run-a", 1, _state(1.0))
+    checkpoints.save_checkpoint(tmp_path / "checkpoints" / "run-b", 1, _state(1.0))
+    checkpoints.remove_checkpoints(tmp_path / "checkpoints" / "run-a")
+    assert [path.name for path in (tmp_path / "checkpoints").iterdir()] == ["run-b"]
 
 
 def test_fingerprint_changes_with_the_facts():
@@ -248,10 +255,40 @@ def test_classifier_checkpoint_holds_the_scaler_state(tmp_path):
     assert saved["epoch"] == 6
 
 
-def test_distribute_final_fit_keeps_the_plain_model_outside_torchrun():
+def test_final_fit_outside_torchrun_keeps_the_plain_model(tmp_path):
     from sklearn.pipeline import Pipeline
 
     from quanttrain.trainer.lstm import LSTMClassifier
 
-    pipeline = Pipeline([("model", LSTMClassifier())])
-    assert type(ddp_lstm.distribute_final_fit(pipeline).steps[-1][1]) is LSTMClassifier
+    prepared = ddp_lstm.prepare_final_fit(Pipeline([("model", LSTMClassifier())]), tmp_path / "run")
+    assert type(prepared.steps[-1][1]) is LSTMClassifier
+    assert prepared.steps[-1][1].checkpoint_dir == str(tmp_path / "run")
+
+
+def test_final_fit_of_trees_runs_on_rank_zero_only(monkeypatch):
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.pipeline import Pipeline
+
+    pipeline = Pipeline([("model", RandomForestClassifier())])
+    monkeypatch.setattr(distributed, "_active", distributed.DistributedContext(rank=1, world_size=2))
+    assert ddp_lstm.prepare_final_fit(pipeline) is None
+    monkeypatch.setattr(distributed, "_active", distributed.DistributedContext(rank=0, world_size=2))
+    assert ddp_lstm.prepare_final_fit(pipeline) is pipeline
+
+
+def test_final_fit_of_an_lstm_trains_on_every_rank(monkeypatch):
+    from sklearn.pipeline import Pipeline
+
+    from quanttrain.trainer.lstm import LSTMClassifier
+
+    monkeypatch.setattr(distributed, "_active", distributed.DistributedContext(rank=1, world_size=2))
+    prepared = ddp_lstm.prepare_final_fit(Pipeline([("model", LSTMClassifier(hidden_size=7))]))
+    assert type(prepared.steps[-1][1]) is ddp_lstm.DistributedLSTMClassifier
+    assert prepared.steps[-1][1].hidden_size == 7
+
+
+def test_checkpoint_directory_is_per_configuration(tmp_path):
+    first = ddp_lstm.checkpoint_directory(tmp_path, "sp500-lstm", "a" * 64)
+    second = ddp_lstm.checkpoint_directory(tmp_path, "sp500-lstm", "b" * 64)
+    assert first.parent == second.parent == tmp_path / "sp500-lstm" / "checkpoints"
+    assert first != second

@@ -19,11 +19,13 @@ from weights of the wrong shape.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -136,9 +138,12 @@ def load_latest(
 
 
 def remove_checkpoints(directory: str | os.PathLike[str]) -> None:
-    """Delete this run's checkpoints once its model is saved, so a new job starts fresh."""
-    for path in list_checkpoints(directory):
-        path.unlink(missing_ok=True)
+    """Delete a run's checkpoint folder once its model is registered, so a new job starts fresh.
+
+    ``directory`` must be dedicated to the run: everything in it is removed,
+    and its parent too when nothing else is left there.
+    """
     folder = Path(directory)
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        folder.parent.rmdir()  # fails, as intended, while other runs' folders remain

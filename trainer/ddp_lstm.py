@@ -25,13 +25,15 @@ training loop and replaces its hooks:
 
 In a single process (no torchrun) the class trains like its parent, with the
 checkpoint format above.  Search trials keep the plain classifier: only the
-final fit trains across ranks (see :func:`distribute_final_fit`).
+final fit trains across ranks (see :func:`prepare_final_fit`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -188,17 +190,32 @@ def rank_share(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     return padded[rank::world_size]
 
 
-def distribute_final_fit(pipeline: Any) -> Any:
-    """Return ``pipeline`` with its LSTM step trained across ranks when running under torchrun.
+def prepare_final_fit(pipeline: Any, checkpoint_dir: str | os.PathLike[str] | None = None) -> Any | None:
+    """Return the pipeline this rank fits for the final model, or None when this rank has no part in it.
 
-    Other models, and any model outside torchrun, come back unchanged: tree
-    models and SVMs train their final fit on rank 0 alone (see
-    docs/distributed.md).
+    Under torchrun the LSTM trains on every rank with
+    :class:`DistributedLSTMClassifier`; the other models train on rank 0
+    alone (see docs/distributed.md), so the other ranks get None.  With
+    ``checkpoint_dir`` the LSTM writes checkpoints there and resumes from
+    them; the other models ignore it.
     """
-    if not distributed.current_context().is_distributed:
-        return pipeline
     model = pipeline.steps[-1][1]
-    if type(model) is not LSTMClassifier:
+    is_lstm = isinstance(model, LSTMClassifier)
+    if is_lstm and checkpoint_dir is not None:
+        model.set_params(checkpoint_dir=str(checkpoint_dir))
+    context = distributed.current_context()
+    if not context.is_distributed:
         return pipeline
+    if not is_lstm:
+        return pipeline if context.is_primary else None
     replacement = DistributedLSTMClassifier(**model.get_params())
     return pipeline.set_params(**{pipeline.steps[-1][0]: replacement})
+
+
+def checkpoint_directory(registry_dir: str | os.PathLike[str], strategy_key: str, config_sha256: str) -> Path:
+    """The folder for one configuration's checkpoints: ``<registry>/<strategy>/checkpoints/<config hash>``.
+
+    Restarts of the same job find their checkpoints there; another
+    configuration of the strategy gets its own folder.
+    """
+    return Path(registry_dir) / strategy_key / "checkpoints" / config_sha256[:16]

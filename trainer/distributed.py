@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 # minutes.
 DEFAULT_TIMEOUT_SECONDS = 600.0
 
+# Environment variable that overrides the collective timeout (seconds) in pods.
+TIMEOUT_ENV = "QUANTTRAIN_COLLECTIVE_TIMEOUT_SECONDS"
+
 # Ranks wait on rank 0 at the end of a job while it evaluates and registers
 # the model, which can take far longer than one collective should.
 FINAL_WAIT_TIMEOUT_SECONDS = 6 * 3600.0
@@ -134,6 +137,8 @@ _active: DistributedContext = _SINGLE_PROCESS
 # Groups created at start-up: every rank must create them in the same order.
 _object_group: Any = None
 _final_group: Any = None
+# Set once a collective failed: the group is unusable, so no rank waits on it again.
+_broken = False
 
 
 def current_context() -> DistributedContext:
@@ -146,18 +151,35 @@ def is_primary() -> bool:
     return _active.is_primary
 
 
-def init_distributed(gpu: bool, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> DistributedContext:
+def collective_timeout(environ: Mapping[str, str] | None = None) -> float:
+    """The collective timeout in seconds: ``$QUANTTRAIN_COLLECTIVE_TIMEOUT_SECONDS`` or the default."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{TIMEOUT_ENV}={raw!r} must be a positive number of seconds, for example 600")
+    return value
+
+
+def init_distributed(gpu: bool, timeout_seconds: float | None = None) -> DistributedContext:
     """Join the torchrun process group, or return a single-process context outside torchrun.
 
     ``gpu`` asks for CUDA: the worker then uses the GPU of its LOCAL_RANK and
     NCCL; without CUDA it falls back to the CPU and gloo, with a warning.
-    ``timeout_seconds`` bounds every collective, so a dead rank raises
-    :class:`DistributedError` within that time.
+    ``timeout_seconds`` (default :func:`collective_timeout`) bounds every
+    collective, so a dead rank raises :class:`DistributedError` within that time.
     """
-    global _active, _object_group, _final_group
+    global _active, _object_group, _final_group, _broken
     import torch
     import torch.distributed as dist
 
+    timeout_seconds = collective_timeout() if timeout_seconds is None else timeout_seconds
+    _broken = False
     context = DistributedContext.from_environment()
     use_cuda = gpu and torch.cuda.is_available()
     if gpu and not use_cuda:
@@ -212,6 +234,8 @@ def translate_errors(operation: str) -> Iterator[None]:
     try:
         yield
     except (dist.DistError, RuntimeError) as error:
+        global _broken
+        _broken = True
         raise DistributedError(_failure_message(operation, error)) from error
 
 
@@ -295,11 +319,11 @@ def share_exit_code(code: int) -> int:
 
     The other ranks wait here (up to :data:`FINAL_WAIT_TIMEOUT_SECONDS`) while
     rank 0 evaluates and registers the model.  When rank 0 cannot be reached,
-    each rank keeps its own code.
+    each rank keeps its own code, and after a failed collective no rank waits.
     """
     import torch.distributed as dist
 
-    if not _active.is_distributed or _final_group is None:
+    if not _active.is_distributed or _final_group is None or _broken:
         return code
     holder = [code if _active.is_primary else None]
     try:
@@ -308,6 +332,13 @@ def share_exit_code(code: int) -> int:
         log.warning("could not learn rank 0's exit code (%s); exiting with %d", error, code)
         return code
     return int(holder[0])
+
+
+def finish(code: int) -> int:
+    """End this worker's part: agree on rank 0's exit code, leave the group, return the code to exit with."""
+    code = share_exit_code(code)
+    shutdown()
+    return code
 
 
 def exit_code_for(error: BaseException) -> int | None:
