@@ -401,3 +401,13 @@ def test_dataset_names_a_feature_without_any_value(bars):
 
     with pytest.raises(FeatureError, match="feature\\(s\\) angle have no value on any of the 5031 bars"):
         build_dataset(bars, config)
+
+
+def test_parameter_talib_rejects_is_reported(bars):
+    with pytest.raises(FeatureError, match=r"TA-Lib RSI failed with parameters \{'timeperiod': 1\}: .*Bad Parameter"):
+        compute_indicator(bars, indicator("RSI", lookbackPeriod=1))
+
+
+def test_derived_method_rejects_a_too_short_period(bars):
+    with pytest.raises(FeatureError, match="indicator .volume_ratio.: VOLUME_RATIO needs a timeperiod \\(Lookback Period\\) of at least 2"):
+        compute_indicator(bars, indicator("VOLUME_RATIO", lookbackPeriod=1))

@@ -102,7 +102,7 @@ def file_sha256(path: str | Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def _match_columns(path: Path, names: list[str]) -> tuple[str | None, dict[str, str], list[str]]:
+def _match_columns(names: list[str]) -> tuple[str | None, dict[str, str], list[str]]:
     """Map the file's column names to the timestamp and OHLCV columns.
 
     Returns the timestamp column (None when absent), the OHLCV columns by their
@@ -142,7 +142,7 @@ def _read_header(path: Path) -> list[str]:
 
 def _read_csv(path: Path) -> pd.DataFrame:
     names = _read_header(path)
-    timestamp, ohlcv, problems = _match_columns(path, names)
+    timestamp, ohlcv, problems = _match_columns(names)
     if timestamp is None and not problems:
         problems.append(f"no timestamp column; name one of {', '.join(TIMESTAMP_NAMES)} (the file has {names})")
     if problems:
@@ -157,6 +157,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
         table = _arrow_read(path, {column: pa.string() for column in types})
     frame = table.to_pandas()
     # Line 1 is the header, so data row i is on line i + 2.
+    # NOTE: blank lines and quoted line breaks shift this count, since Arrow skips or joins them.
     return _standardise(path, frame, timestamp, ohlcv, row_label="line", row_offset=2)
 
 
@@ -179,7 +180,7 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         raise DataError(path, [f"not a readable Parquet file: {error}"]) from error
     names = [str(name) for name in frame.columns]
     frame.columns = names
-    timestamp, ohlcv, problems = _match_columns(path, names)
+    timestamp, ohlcv, problems = _match_columns(names)
     if timestamp is None and isinstance(frame.index, pd.DatetimeIndex):
         timestamp = frame.index.name or INDEX_NAME
         frame = frame.reset_index(names=timestamp)

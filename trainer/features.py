@@ -67,7 +67,10 @@ def compute_indicator(
         )
     parameters = indicator_parameters(indicator, method)
     if method.source == "derived":
-        values = _derived(method.name, bars, parameters)
+        try:
+            values = _derived(method.name, bars, parameters)
+        except FeatureError as error:
+            raise FeatureError(f"indicator {indicator.name!r}: {error}") from None
     else:
         values = _talib_output(indicator, method, bars, parameters)
 
@@ -98,7 +101,10 @@ def _like_default(value: Any, default: Any, name: str, key: str) -> Any:
     """Coerce a sheet value to the type of TA-Lib's default (periods must be ints)."""
     if isinstance(default, bool) or not isinstance(default, (int, float)):
         return value
-    number = float(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise FeatureError(f"indicator {name!r}: parameter {key!r} must be a number, got {value!r}") from None
     if isinstance(default, int):
         if not number.is_integer():
             raise FeatureError(f"indicator {name!r}: parameter {key!r} must be a whole number, got {value!r}")
@@ -114,8 +120,15 @@ def _talib_output(
         raise FeatureError(
             f"indicator {indicator.name!r}: {method.name} needs input(s) {missing} that bar data does not have"
         )
+    if indicator.output is not None and indicator.output not in method.outputs:
+        raise FeatureError(f"indicator {indicator.name!r}: {method.name} has no output {indicator.output!r}; "
+                           f"its outputs are: {', '.join(method.outputs)}")
     inputs = {name: _column(bars, name) for name in set(method.inputs)}
-    result = abstract.Function(method.name)(inputs, **parameters)
+    try:
+        result = abstract.Function(method.name)(inputs, **parameters)
+    except Exception as error:  # TA-Lib raises plain Exception for bad parameters
+        raise FeatureError(f"indicator {indicator.name!r}: TA-Lib {method.name} failed with parameters "
+                           f"{parameters}: {error}") from error
     outputs = result if isinstance(result, list) else [result]
     position = method.outputs.index(indicator.output) if indicator.output else 0
     return np.asarray(outputs[position], dtype=np.float64)
@@ -125,8 +138,16 @@ def _column(bars: pd.DataFrame, name: str) -> np.ndarray:
     return np.ascontiguousarray(bars[name].to_numpy(dtype=np.float64))
 
 
+# Smallest timeperiod of each derived method: a moving average or a standard
+# deviation needs two bars, as TA-Lib's SMA and BBANDS require.
+_MIN_PERIODS = {"BB_POSITION": 2, "VOLUME_RATIO": 2, "RETURNS": 1, "LOG_RETURNS": 1, "REALIZED_VOLATILITY": 2}
+
+
 def _derived(name: str, bars: pd.DataFrame, parameters: dict[str, Any]) -> np.ndarray:
     period = int(parameters["timeperiod"])
+    if period < _MIN_PERIODS.get(name, 1):
+        raise FeatureError(f"{name} needs a timeperiod (Lookback Period) of at least {_MIN_PERIODS[name]} bars, "
+                           f"got {period}")
     if name == "BB_POSITION":
         return bollinger_position(_column(bars, "close"), period, float(parameters["nbdev"]))
     if name == "VOLUME_RATIO":
