@@ -290,7 +290,8 @@ def read_value(column: Column, value: Any) -> Any:
 
 
 def _is_type_tag(part: Any) -> bool:
-    return isinstance(part, str) and ("[" in part or part[:1].isupper())
+    """Tell pydantic's union-member tags (``list[any]``, ``function-after[...]``) from keys."""
+    return isinstance(part, str) and "[" in part
 
 
 def _percent_hint(column: Column, value: Any, percent_cell: bool) -> str:
@@ -305,10 +306,28 @@ def _percent_hint(column: Column, value: Any, percent_cell: bool) -> str:
     return ""
 
 
-def _error_text(error: dict[str, Any], column: Column) -> str:
-    message = error["msg"].removeprefix("Value error, ")
-    nested = [str(part) for part in error["loc"][1:] if not _is_type_tag(part)]
-    return f"{'.'.join(nested)}: {message}" if nested else message
+def _error_texts(errors: list[dict[str, Any]]) -> list[str]:
+    """Word the errors of one cell, merging the alternatives pydantic reports for a union.
+
+    A value that fails every member of a union (a Search Space entry is a list
+    or a range) gets one error per member.  When one member got further (its
+    error sits deeper), only that one is kept; the others at the same key are
+    merged into one sentence.
+    """
+    found: dict[tuple[str, ...], list[str]] = {}
+    for error in errors:
+        path = tuple(str(part) for part in error["loc"][1:] if not _is_type_tag(part))
+        message = error["msg"].removeprefix("Value error, ")
+        if message not in found.get(path, []):
+            found.setdefault(path, []).append(message)
+    texts = []
+    for path, messages in found.items():
+        if any(other[:len(path)] == path and len(other) > len(path) for other in found):
+            continue
+        merged = messages[0] + "".join(
+            ", or " + message.removeprefix("Input should be ") for message in messages[1:])
+        texts.append(f"{'.'.join(path)}: {merged}" if path else merged)
+    return texts
 
 
 def _validate_section(
@@ -329,7 +348,7 @@ def _validate_section(
 
     # A cell that failed to read is left out; rules across its model's fields would misfire.
     unread = any(column.key in row.raw and column.key not in row.values for column in columns)
-    messages: dict[str, list[str]] = {}
+    grouped: dict[str, list[dict[str, Any]]] = {}
     for item in errors:
         loc = item["loc"]
         if item["type"] == "missing" and len(loc) == 1:
@@ -338,10 +357,11 @@ def _validate_section(
             continue
         column = by_name.get(loc[0]) if loc else None
         column = column or next((c for c in columns if c.key in row.values), columns[0])
-        messages.setdefault(column.key, []).append(_error_text(item, column))
+        grouped.setdefault(column.key, []).append(item)
 
     problems = []
-    for key, texts in messages.items():
+    for key, items in grouped.items():
+        texts = _error_texts(items)
         column = row.sheet.column(key)
         value = row.values.get(key)
         shown = show(row.raw.get(key)) if key in row.raw else "(blank)"

@@ -386,6 +386,24 @@ def test_json_field_errors_name_the_key(paths):
     assert "returnLags: return lags must be between 1 and 252 bars" in messages[0]
 
 
+def test_search_space_errors_name_the_parameter(paths):
+    edit(paths[0], "Models", {"H4": '{"C": 1.0, "kernel": ["rbf"]}'})
+
+    messages = problems_at(read_workbooks(paths), "Models", "H4")
+
+    assert len(messages) == 1
+    assert messages[0].startswith("Search Space '{\"C\": 1.0, \"kernel\": [\"rbf\"]}' is invalid: "
+                                  "C: Input should be a valid list, or a valid dictionary or instance of ParameterRange")
+
+
+def test_search_space_error_keeps_the_closest_alternative(paths):
+    edit(paths[0], "Models", {"H4": '{"gamma": {"low": 1}}'})
+
+    messages = problems_at(read_workbooks(paths), "Models", "H4")
+
+    assert messages == ["Search Space '{\"gamma\": {\"low\": 1}}' is invalid: gamma.high: Field required"]
+
+
 def test_parameters_cell_takes_name_value_pairs(paths):
     edit(paths[2], "Indicators", {"E2": "timeperiod=10"})
     workbook = openpyxl.load_workbook(paths[2])
