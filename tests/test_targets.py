@@ -178,3 +178,17 @@ def test_user_label_column_uses_the_prediction_horizon():
     dataset = build_dataset(bars, job_config("VOLATILITY", target_variable="regime", volatility_window=15))
 
     assert dataset.horizon == 1
+
+
+def test_dataset_rejects_a_single_bar():
+    with pytest.raises(TargetError, match="1 bar\\(s\\) are too few"):
+        build_dataset(arch_bars("sp500").iloc[:1], job_config())
+
+
+def test_dataset_rejects_data_shorter_than_warmup():
+    spec = job_config().to_spec()
+    spec["indicators"][0]["lookbackPeriod"] = 39
+    config = load_job_config(spec)
+
+    with pytest.raises(TargetError, match="40 bars are too few for the indicators' warm-up"):
+        build_dataset(arch_bars("sp500").iloc[:40], config)

@@ -68,6 +68,8 @@ def build_dataset(bars: pd.DataFrame, config: TrainingJobConfig) -> Dataset:
         FeatureError: a feature has no value on any bar.
         TargetError: no row is left, or the labels contain a single class.
     """
+    if len(bars) < 2:
+        raise TargetError(f"{len(bars)} bar(s) are too few to train on; use a longer date range")
     interval = config.strategy.feature_configuration.bar_interval_minutes or bar_interval_minutes(bars.index)
     prediction_horizon = horizon_bars(config.strategy.prediction_horizon_minutes, interval)
     features = build_feature_frame(bars, config, interval)
