@@ -1,0 +1,113 @@
+"""``quanttrain train`` and ``quanttrain models`` on the example workbooks and real S&P 500 bars."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from quanttrain.operator.cli import main
+from quanttrain.trainer.market_data import export_market_data
+from quanttrain.trainer.summary import EXIT_CONFIG_ERROR, EXIT_GATE_FAILED, EXIT_OK
+
+pytestmark = pytest.mark.slow
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+WORKBOOKS = sorted(EXAMPLES.glob("ML_CONFIG_*_1.0.0.xlsx"))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A working directory laid out like the project: workbooks, with the data under examples/data."""
+    root = tmp_path_factory.mktemp("project")
+    (root / "examples").mkdir()
+    for workbook in WORKBOOKS:
+        shutil.copy(workbook, root / "examples" / workbook.name)
+    export_market_data(root / "examples" / "data")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(project):
+    """Train the first example strategy once; return its exit status and printed output."""
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.chdir(project)
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        status = main(["train", *[f"examples/{path.name}" for path in WORKBOOKS], "--strategy", "SP500 Momentum RF",
+                       "--registry", "registry", "--output", "out/result.json"])
+    monkeypatch.undo()
+    return status, buffer.getvalue()
+
+
+def test_train_exits_zero_for_passing_strategy(trained):
+    status, _ = trained
+    assert status == EXIT_OK
+
+
+def test_train_prints_metrics_beside_baselines(trained):
+    _, output = trained
+    header = next(line for line in output.splitlines() if line.startswith("metric"))
+    assert header.split() == ["metric", "model", "majority", "persistence"]
+    assert any(line.startswith("accuracy ") and len(line.split()) == 4 for line in output.splitlines())
+
+
+def test_train_prints_parameters_gate_and_model(trained):
+    _, output = trained
+    assert "best parameters: max_depth=5, n_estimators=200" in output
+    assert "gate: passed" in output
+    assert "model: file://" in output and "sp500-momentum-rf/1" in output
+
+
+def test_train_writes_the_result_file(trained, project):
+    result = json.loads((project / "out" / "result.json").read_text())
+    assert result["strategyKey"] == "sp500-momentum-rf"
+
+
+def test_models_list_shows_the_version(trained, project, capsys):
+    assert main(["models", "--registry", str(project / "registry"), "list"]) == EXIT_OK
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert rows[0][:2] == ["sp500-momentum-rf", "1"]
+
+
+def test_models_promote_then_show_by_alias(trained, project, capsys):
+    registry = str(project / "registry")
+    assert main(["models", "--registry", registry, "promote", "sp500-momentum-rf", "1", "--alias", "production"]) == 0
+    capsys.readouterr()
+    assert main(["models", "--registry", registry, "show", "SP500 Momentum RF", "--alias", "production"]) == 0
+    metadata = json.loads(capsys.readouterr().out)
+    assert metadata["version"] == "1"
+    assert metadata["aliases"] == ["production"]
+
+
+def test_models_show_unknown_version_fails(trained, project, capsys):
+    status = main(["models", "--registry", str(project / "registry"), "show", "sp500-momentum-rf", "--version", "9"])
+    assert status != EXIT_OK
+    assert "no version '9'" in capsys.readouterr().err
+
+
+def test_train_unknown_strategy_exits_two(project, capsys, monkeypatch):
+    monkeypatch.chdir(project)
+    status = main(["train", *[f"examples/{path.name}" for path in WORKBOOKS], "--strategy", "No Such Strategy"])
+    assert status == EXIT_CONFIG_ERROR
+    assert "no strategy named 'No Such Strategy'" in capsys.readouterr().err
+
+
+def test_train_job_yaml_with_failed_gate_exits_three(project, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(project)
+    assert main(["convert", *[f"examples/{path.name}" for path in WORKBOOKS], "--output-dir", str(tmp_path)]) == 0
+    job_file = tmp_path / "sp500-momentum-rf.yaml"
+    job = yaml.safe_load(job_file.read_text())
+    job["spec"]["training"].update({"minAccuracyThreshold": 0.99, "cvFolds": 2,
+                                    "modelParameters": {"n_estimators": 20, "max_depth": 3}})
+    job_file.write_text(yaml.safe_dump(job))
+    capsys.readouterr()
+
+    status = main(["train", str(job_file), "--registry", str(tmp_path / "registry")])
+    assert status == EXIT_GATE_FAILED
+    assert "gate: FAILED: test accuracy" in capsys.readouterr().out
