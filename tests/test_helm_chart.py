@@ -210,6 +210,22 @@ def test_shipped_crd_validates_strictly() -> None:
     assert crd["metadata"]["name"] == "mltrainingjobs.quanttrain.io"
 
 
+def test_install_includes_the_crd(helm: Path, tmp_path: Path) -> None:
+    if not (CHART / "crds" / CRD_NAME).exists():
+        pytest.skip(f"helm/quanttrain/crds/{CRD_NAME} is not generated yet")
+    docs = render(helm, {}, tmp_path, "--include-crds")
+    crds = objects_of(docs, "CustomResourceDefinition")
+    assert [crd["metadata"]["name"] for crd in crds] == ["mltrainingjobs.quanttrain.io"]
+
+
+@pytest.mark.parametrize("case", VALUE_CASES)
+def test_every_object_carries_the_release_labels(rendered: dict[str, list[dict[str, Any]]], case: str) -> None:
+    for doc in rendered[case]:
+        labels = doc["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == RELEASE, doc["metadata"]["name"]
+        assert labels["app.kubernetes.io/managed-by"] == "Helm", doc["metadata"]["name"]
+
+
 # -- RBAC -------------------------------------------------------------------
 
 
@@ -288,8 +304,8 @@ def test_crd_reader_cluster_role_only_reads_crds(rendered: dict[str, list[dict[s
 
 
 def test_rbac_lets_the_operator_resume_suspended_jobs(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    # Kueue admits a job by clearing the MLTrainingJob's runPolicy.suspend; the
-    # operator then patches spec.suspend of the batch Job it created suspended.
+    # The operator creates the Job suspended while runPolicy.suspend is true and
+    # patches the Job's spec.suspend when that field flips.
     granted = permissions(only(rendered["defaults"], "Role"))
     assert ("batch", "jobs", "patch") in granted
     assert ("batch", "jobs", "create") in granted
