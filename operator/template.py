@@ -16,7 +16,16 @@ from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.datavalidation import DataValidation
 from openpyxl.worksheet.worksheet import Worksheet
 
-from quanttrain.operator.workbook import TEMPLATE_VERSION, WORKBOOKS, Column, Kind, Sheet, workbook_file_name
+from quanttrain.operator.workbook import (
+    TEMPLATE_VERSION,
+    WORKBOOKS,
+    Column,
+    Kind,
+    Link,
+    Sheet,
+    sheet as contract_sheet,
+    workbook_file_name,
+)
 from quanttrain.trainer.indicator_catalog import methods
 
 # Rows below the header that carry dropdowns and input limits.
@@ -30,7 +39,7 @@ DOCUMENT_DATE = datetime.datetime(2024, 1, 1)
 HEADER_FILL = PatternFill("solid", fgColor="DDEBF7")
 
 
-def _validation(column: Column, method_range: str | None) -> DataValidation | None:
+def _validation(column: Column, lists: dict[str, str]) -> DataValidation | None:
     """Return the dropdown or input limit for a column, or None when it takes free text."""
     bounds = column.bounds()
     message = f"{column.header}: {column.allowed()}."
@@ -38,9 +47,9 @@ def _validation(column: Column, method_range: str | None) -> DataValidation | No
         validation = DataValidation(type="list", formula1='"' + ",".join(column.choices()) + '"')
     elif column.kind is Kind.BOOLEAN:
         validation = DataValidation(type="list", formula1='"TRUE,FALSE"')
-    elif column.header == "Calculation Method" and method_range:
-        # Warn instead of stop: the reader checks the name against the same catalog anyway.
-        validation = DataValidation(type="list", formula1=method_range, errorStyle="warning")
+    elif column.key in lists:
+        # Warn instead of stop: a blank link or a name typed ahead is fine, and the reader checks it.
+        validation = DataValidation(type="list", formula1=lists[column.key], errorStyle="warning")
     elif column.kind in (Kind.INTEGER, Kind.NUMBER) and bounds.low is not None and bounds.high is not None:
         kind = "whole" if column.kind is Kind.INTEGER else "decimal"
         validation = DataValidation(type=kind, operator="between",
@@ -63,7 +72,25 @@ def _column_width(column: Column) -> float:
     return min(max(len(column.header) + 4, 14), 40)
 
 
-def _write_sheet(worksheet: Worksheet, sheet: Sheet, method_range: str | None) -> None:
+def _name_range(sheet_name: str, header: str) -> str:
+    """Return the range of a column's data rows, as a dropdown source."""
+    columns = [column.header for column in contract_sheet(sheet_name).columns]
+    letter = get_column_letter(columns.index(header) + 1)
+    return f"{sheet_name}!${letter}$2:${letter}${VALIDATED_ROWS + 1}"
+
+
+def _dropdown_lists(sheet: Sheet, sheets: tuple[Sheet, ...], method_range: str | None) -> dict[str, str]:
+    """Return dropdown sources by column key: known methods, and names from a sheet of the same workbook."""
+    names = {other.key for other in sheets}
+    lists = {"calculation method": method_range} if method_range else {}
+    if sheet.link is Link.STRATEGY and "strategy" in names:
+        lists["strategy name"] = _name_range("Strategy", "Strategy Name")
+    if sheet.link is Link.INDICATOR and "indicators" in names:
+        lists["indicator name"] = _name_range("Indicators", "Indicator Name")
+    return lists
+
+
+def _write_sheet(worksheet: Worksheet, sheet: Sheet, lists: dict[str, str]) -> None:
     for index, column in enumerate(sheet.columns, start=1):
         letter = get_column_letter(index)
         cell = worksheet.cell(row=1, column=index, value=column.header)
@@ -73,7 +100,7 @@ def _write_sheet(worksheet: Worksheet, sheet: Sheet, method_range: str | None) -
         text = column.comment()
         cell.comment = Comment(text, "quanttrain", width=360, height=40 + 16 * (len(text) // 50 + text.count("\n")))
         worksheet.column_dimensions[letter].width = _column_width(column)
-        validation = _validation(column, method_range)
+        validation = _validation(column, lists)
         if validation is not None:
             worksheet.add_data_validation(validation)
             validation.add(f"{letter}2:{letter}{VALIDATED_ROWS + 1}")
@@ -98,7 +125,7 @@ def build_workbook(kind: str) -> Workbook:
     worksheets = [workbook.create_sheet(sheet.name) for sheet in sheets]
     method_range = _write_lists(workbook) if any(sheet.key == "indicators" for sheet in sheets) else None
     for worksheet, sheet in zip(worksheets, sheets):
-        _write_sheet(worksheet, sheet, method_range)
+        _write_sheet(worksheet, sheet, _dropdown_lists(sheet, sheets, method_range))
     workbook.active = 0
     workbook.properties.creator = "quanttrain"
     workbook.properties.created = DOCUMENT_DATE

@@ -109,6 +109,17 @@ def test_calculation_method_dropdown_lists_known_methods(books):
     assert validations_by_column(workbook["Indicators"])["D"] == {"list"}
 
 
+def test_link_columns_offer_names_from_same_workbook(books):
+    strategy_book = books["ML_CONFIG_STRATEGY_1.0.0.xlsx"]
+    indicator_book = books["ML_CONFIG_INDICATORS_1.0.0.xlsx"]
+
+    models = [v.formula1 for v in strategy_book["Models"].data_validations.dataValidation if "A2" in v.sqref]
+    thresholds = [v.formula1 for v in indicator_book["Thresholds"].data_validations.dataValidation if "A2" in v.sqref]
+
+    assert models == ["Strategy!$A$2:$A$1001"]
+    assert thresholds == ["Indicators!$B$2:$B$1001"]
+
+
 @pytest.mark.parametrize("sheet", SHEETS, ids=[sheet.name for sheet in SHEETS])
 def test_header_row_is_frozen(books, sheet):
     assert worksheet_of(books, sheet).freeze_panes == "A2"
