@@ -321,7 +321,7 @@ def test_header_is_normalised(paths):
     assert read_workbooks(paths).problems == []
 
 
-def test_missing_required_column_is_one_error_on_header_row(paths):
+def test_missing_columns_are_one_header_error(paths):
     workbook = openpyxl.load_workbook(paths[0])
     workbook["Strategy"].delete_cols(2, 2)  # Model Type and Prediction Target
     workbook.save(paths[0])

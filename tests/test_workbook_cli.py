@@ -149,6 +149,15 @@ def test_template_overwrites_with_force(tmp_path):
     assert openpyxl.load_workbook(tmp_path / NAMES[1]).sheetnames == ["Portfolio", "Risk", "Allocation"]
 
 
+def test_workbook_commands_skip_training_libraries():
+    code = ("import sys, quanttrain.operator.commands_workbook, quanttrain.operator.job_inputs; "
+            "print(sorted({'torch', 'xgboost', 'sklearn', 'skopt', 'pandas', 'talib'} & set(sys.modules)))")
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+    assert result.stdout.strip() == "[]"
+
+
 def test_console_script_validates_and_converts(broken, tmp_path):
     script = Path(sys.executable).with_name("quanttrain")
 
