@@ -199,3 +199,20 @@ def test_file_sha256_matches_hashlib(tmp_path):
     path = write(tmp_path, HEADER)
 
     assert file_sha256(path) == hashlib.sha256(HEADER.encode()).hexdigest()
+
+
+def test_timestamps_with_utc_offsets_become_utc(tmp_path):
+    path = write(tmp_path, HEADER + "2020-01-02T10:00:00+01:00,1,2,0.5,1.5,10\n2020-01-02T10:00:00Z,1,2,0.5,1.6,11\n")
+
+    bars = load_bars(path)
+
+    assert str(bars.index.tz) == "UTC"
+    assert bars.index[0] == pd.Timestamp("2020-01-02 09:00", tz="UTC")
+
+
+def test_same_offset_timestamps_become_utc(tmp_path):
+    path = write(tmp_path, HEADER + "2020-01-02T10:00:00+01:00,1,2,0.5,1.5,10\n2020-01-02T11:00:00+01:00,1,2,0.5,1.6,11\n")
+
+    bars = load_bars(path)
+
+    assert str(bars.index.tz) == "UTC"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -132,29 +133,46 @@ def _match_columns(names: list[str]) -> tuple[str | None, dict[str, str], list[s
     return timestamp, ohlcv, problems
 
 
-def _read_header(path: Path) -> list[str]:
+def _read_header(path: Path) -> tuple[list[str], list[str]]:
+    """Return the column names and the first data row (empty when there is none)."""
     with open(path, newline="", encoding="utf-8-sig") as handle:
-        header = next(csv.reader(handle), None)
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        first_row = next(reader, [])
     if not header:
         raise DataError(path, ["the file is empty; the first line must name the columns"])
-    return header
+    return header, first_row
+
+
+# A UTC offset at the end of an ISO 8601 timestamp: Z, +01:00, -0500.
+_UTC_OFFSET = re.compile(r"(Z|[+-]\d\d:?\d\d)$")
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    names = _read_header(path)
+    names, first_row = _read_header(path)
     timestamp, ohlcv, problems = _match_columns(names)
     if timestamp is None and not problems:
         problems.append(f"no timestamp column; name one of {', '.join(TIMESTAMP_NAMES)} (the file has {names})")
     if problems:
         raise DataError(path, problems)
 
-    # Fast path: let Arrow parse ISO timestamps and floats in C.  Anything it
-    # rejects is re-read as text to find and report the bad rows.
-    types = {timestamp: pa.timestamp("ns"), **{column: pa.float64() for column in ohlcv.values()}}
-    try:
-        table = _arrow_read(path, types)
-    except pa.ArrowInvalid:
-        table = _arrow_read(path, {column: pa.string() for column in types})
+    # Fast path: let Arrow parse ISO timestamps (without, then with UTC
+    # offsets) and floats in C.  Anything it rejects is re-read as text to
+    # find and report the bad rows.
+    numbers = {column: pa.float64() for column in ohlcv.values()}
+    stamp_types = [pa.timestamp("ns"), pa.timestamp("ns", tz="UTC")]
+    first_stamp = first_row[names.index(timestamp)].strip() if len(first_row) == len(names) else ""
+    if _UTC_OFFSET.search(first_stamp):
+        stamp_types.reverse()
+    table = None
+    for stamp_type in stamp_types:
+        try:
+            table = _arrow_read(path, {timestamp: stamp_type, **numbers})
+            break
+        except pa.ArrowInvalid:
+            continue
+    if table is None:
+        table = _arrow_read(path, {column: pa.string() for column in (timestamp, *numbers)})
     frame = table.to_pandas()
     # Line 1 is the header, so data row i is on line i + 2.
     # NOTE: blank lines and quoted line breaks shift this count, since Arrow skips or joins them.
@@ -242,7 +260,9 @@ def _parse_timestamps(values: pd.Series, column: str, where: _RowNamer, problems
         # format from the first value and hold every row to it.
         parsed = _to_datetime(text, format=None)
     _report_bad(text, parsed.isna(), column, "is not a timestamp", where, problems)
-    return pd.DatetimeIndex(parsed, name=INDEX_NAME)
+    index = pd.DatetimeIndex(parsed, name=INDEX_NAME)
+    # One offset for every file: timestamps with UTC offsets become UTC.
+    return index if index.tz is None else index.tz_convert("UTC")
 
 
 def _to_datetime(text: pd.Series, format: str | None) -> pd.Series:
