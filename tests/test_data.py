@@ -188,7 +188,7 @@ def test_daily_bars_have_a_1440_minute_interval():
     assert bar_interval_minutes(arch_bars("sp500").index) == 1440.0
 
 
-def test_hourly_bars_with_overnight_gaps_have_a_60_minute_interval():
+def test_hourly_session_bars_have_60_minute_interval():
     days = pd.bdate_range("2024-01-01", periods=20)
     index = pd.DatetimeIndex([day + pd.Timedelta(hours=hour) for day in days for hour in range(9, 16)])
 

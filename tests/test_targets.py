@@ -108,7 +108,7 @@ def test_price_column_cannot_be_the_label():
         build_target(bars_from_close([1, 2, 3]), job_config(target_variable="close"), horizon=1)
 
 
-def test_label_coder_round_trips_minus_one_and_plus_one():
+def test_label_coder_round_trips_plus_minus_one():
     labels = np.array([1, -1, -1, 1, 1])
 
     coder = LabelCoder().fit(labels)

@@ -1,7 +1,7 @@
 """The model's input: feature rows and their labels, aligned and without gaps.
 
 :func:`build_dataset` computes the features and the target of every bar and
-keeps only the rows where both are known: warm-up rows (a feature is NaN)
+keeps only the rows where both are known.  So warm-up rows (a feature is NaN)
 and the last rows whose future is not in the data (no label) are dropped,
 never filled.  Rows stay in time order.
 """
@@ -35,8 +35,8 @@ class Dataset:
         y: class codes 0..k-1 (see ``classes``).
         classes: class labels as text, in code order (``coder`` maps back).
         timestamps: the bar time of each row.
-        horizon: bars the label at a row looks ahead; walk-forward folds and
-            chronological splits need at least this gap so that no training
+        horizon: bars the label at a row looks ahead.  Walk-forward folds and
+            chronological splits need at least this gap, so that no training
             label overlaps the evaluation period.
         interval_minutes: bar interval (1440 for daily bars).
         close: close price of each row, for the strategy backtest.

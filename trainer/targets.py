@@ -24,7 +24,7 @@ Targets (``h`` is the prediction horizon in bars):
     negative, ``HOLD`` otherwise (at exactly the threshold: HOLD).
 
 When the Features sheet's Target Variable names a column of the data, that
-column is the label as it is (any coding: 0/1, -1/+1, strings); its empty
+column is the label as it is, in any coding (0/1, -1/+1, strings).  Its empty
 cells mean "no label".
 """
 
