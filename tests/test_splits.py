@@ -37,10 +37,10 @@ def test_chronological_split_without_validation_has_no_validation_rows():
 
 
 def test_chronological_split_using_every_row_leaves_no_test_rows():
-    split = chronological_split(100, 0.8, 0.2, gap=3)
+    split = chronological_split(101, 0.7, 0.3, gap=3)
 
     assert split.test.size == 0
-    assert split.validation[-1] == 99
+    assert split.validation[-1] == 100
 
 
 def test_chronological_split_rejects_an_empty_segment():

@@ -51,7 +51,8 @@ def chronological_split(n_rows: int, train_ratio: float, validation_ratio: float
     validation_start = n_train
     test_start = n_train + n_validation
     train_end = n_train - gap if (wants_validation or wants_test) else n_train
-    validation_end = test_start - gap if wants_test else test_start
+    # Without a test segment, validation runs to the end (no row lost to rounding down).
+    validation_end = test_start - gap if wants_test else n_rows
 
     segments = SplitIndices(
         train=np.arange(0, max(train_end, 0)),
