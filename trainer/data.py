@@ -91,8 +91,7 @@ def bar_interval_minutes(index: pd.DatetimeIndex) -> float:
     median = float(np.median(steps)) / unit_per_minute
     if median <= 0:
         raise ValueError("timestamps must increase to infer the bar interval")
-    at_midnight = bool((index == index.normalize()).all())
-    if at_midnight and MINUTES_PER_DAY <= median < 4 * MINUTES_PER_DAY:
+    if MINUTES_PER_DAY <= median < 4 * MINUTES_PER_DAY and bool((index == index.normalize()).all()):
         return MINUTES_PER_DAY
     return median
 

@@ -279,13 +279,22 @@ def build_feature_frame(
         _add(columns, f"{RETURN_LAG_PREFIX}{lag}", pd.Series(period_returns(close, lag), index=bars.index))
     for name, values in flags.items():
         _add(columns, name, values)
-    return pd.DataFrame(columns, index=bars.index)
+    return _frame(columns, bars.index)
 
 
 def _add(columns: dict[str, pd.Series], name: str, values: pd.Series) -> None:
     if name in columns:
         raise FeatureError(f"feature column {name!r} appears twice; list each feature once")
-    columns[name] = values.rename(name)
+    columns[name] = values
+
+
+def _frame(columns: dict[str, pd.Series], index: pd.DatetimeIndex) -> pd.DataFrame:
+    """Assemble the columns into one float block, copying each column once."""
+    # Column-major, so each feature is contiguous: the layout of a pandas block.
+    matrix = np.empty((len(index), len(columns)), dtype=np.float64, order="F")
+    for position, values in enumerate(columns.values()):
+        matrix[:, position] = values.to_numpy(dtype=np.float64)
+    return pd.DataFrame(matrix, index=index, columns=list(columns), copy=False)
 
 
 class FeatureScaler(TransformerMixin, BaseEstimator):
