@@ -12,7 +12,8 @@ import importlib
 import sys
 
 # Modules that add subcommands, in the order they appear in --help.
-COMMAND_MODULES: tuple[str, ...] = ("commands_workbook", "commands_features")
+COMMAND_MODULES: tuple[str, ...] = ("commands_workbook", "commands_features", "commands_operator",
+                                     "commands_train")
 
 
 def build_parser() -> argparse.ArgumentParser:
