@@ -3,7 +3,8 @@
 kmock 0.8's ``KubernetesEmulator`` stores objects and streams watch events,
 but it leaves out server-side metadata.  :class:`ClusterEmulator` adds:
 
-* ``uid``, ``creationTimestamp``, ``generation`` and the namespace from the URL on create;
+* ``uid``, ``creationTimestamp``, ``generation``, the namespace from the URL and a
+  name from ``generateName`` on create;
 * a ``resourceVersion`` that grows on every change, and HTTP 422 when a JSON
   patch's ``test`` of it fails (kopf's optimistic concurrency relies on both);
 * ``generation`` + 1 when a patch of the main resource changes ``spec``;
@@ -80,6 +81,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             metadata = request.data.setdefault("metadata", {})
             if request.namespace:
                 metadata["namespace"] = request.namespace
+            if not metadata.get("name") and metadata.get("generateName"):
+                metadata["name"] = metadata["generateName"] + uuid.uuid4().hex[:5]
             metadata.setdefault("uid", str(uuid.uuid4()))
             metadata.setdefault("creationTimestamp", _now())
             metadata["generation"] = 1
