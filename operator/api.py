@@ -47,11 +47,15 @@ class ResourceSettings(CamelModel):
 class Toleration(CamelModel):
     """A pod toleration, as in core/v1."""
 
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = Field(default=None, ge=0)
+    key: str | None = Field(default=None, description="Taint key to tolerate; empty with Exists matches every key.")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="How key and value are compared.")
+    value: str | None = Field(default=None, description="Taint value to match with Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches every effect."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, ge=0, description="For NoExecute: seconds the pod stays bound after the taint appears."
+    )
 
 
 class RunPolicy(CamelModel):

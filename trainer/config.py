@@ -335,12 +335,22 @@ class IndicatorSettings(CamelModel):
 class TrainingJobConfig(CamelModel):
     """The whole configuration of one strategy: the trainer's input."""
 
-    strategy: StrategySettings
-    training: TrainingSettings = Field(default_factory=lambda: TrainingSettings())
-    features: FeatureSettings
-    indicators: list[IndicatorSettings] = Field(default_factory=list)
-    portfolio: PortfolioSettings | None = None
-    distributed: DistributedSettings = Field(default_factory=lambda: DistributedSettings())
+    strategy: StrategySettings = Field(description="The Strategy sheet row: model, target, data and horizon.")
+    training: TrainingSettings = Field(
+        default_factory=lambda: TrainingSettings(),
+        description="The Models sheet row: search, validation, stopping, gate and GPU settings.",
+    )
+    features: FeatureSettings = Field(description="The Features sheet row: feature columns, target and splits.")
+    indicators: list[IndicatorSettings] = Field(
+        default_factory=list,
+        description="Indicators that Feature Columns may name, with their Parameters and Thresholds rows.",
+    )
+    portfolio: PortfolioSettings | None = Field(
+        default=None, description="Portfolio, risk and allocation that the backtest of the signals uses."
+    )
+    distributed: DistributedSettings = Field(
+        default_factory=lambda: DistributedSettings(), description="Training across nodes under torchrun."
+    )
 
 
 # Spec keys of an MLTrainingJob that the trainer does not read.
