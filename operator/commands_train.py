@@ -140,8 +140,8 @@ def format_outcome(outcome, spec) -> str:
     """Render a training outcome as the readable report that ``quanttrain train`` prints."""
     summary = outcome.summary
     evaluation = summary.evaluation
-    split = outcome.result.get("split", {})
-    period = split.get("testPeriod") or ["?", "?"]
+    period = outcome.result.get("split", {}).get("testPeriod") or ["?", "?"]
+
     lines = [
         "",
         f"{summary.strategy} ({summary.model_type}, {spec.strategy.prediction_target.value}): "
@@ -153,6 +153,7 @@ def format_outcome(outcome, spec) -> str:
         *(f"  {label:>8} {' '.join(f'{count:6d}' for count in row)}"
           for label, row in zip(evaluation.classes, evaluation.confusion_matrix)),
     ]
+
     if evaluation.top_features:
         top = ", ".join(f"{item.name} {item.importance:.3f}" for item in evaluation.top_features[:5])
         lines += ["", f"top features: {top}"]
@@ -161,6 +162,7 @@ def format_outcome(outcome, spec) -> str:
         lines += ["", f"strategy on the test period: total return {_number(metrics.total_return, True)}, "
                       f"Sharpe {metrics.sharpe_ratio:.2f}, max drawdown {_number(metrics.max_drawdown, True)}, "
                       f"hit rate {_number(metrics.hit_rate, True)}, {metrics.trades} trades"]
+
     parameters = ", ".join(f"{key}={value}" for key, value in sorted(summary.best_hyperparameters.items()))
     lines += ["", f"best parameters: {parameters or 'model defaults'}"]
     gate = summary.gate

@@ -61,7 +61,8 @@ def test_train_prints_parameters_gate_and_model(trained):
     _, output = trained
     assert "best parameters: max_depth=5, n_estimators=200" in output
     assert "gate: passed" in output
-    assert "model: file://" in output and "sp500-momentum-rf/1" in output
+    assert "model: file://" in output
+    assert "sp500-momentum-rf/1 (version 1" in output
 
 
 def test_train_writes_the_result_file(trained, project):

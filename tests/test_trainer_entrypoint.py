@@ -48,8 +48,8 @@ def _run(tmp_path, data_dir, resource, *, environment=None):
     spec = tmp_path / "job.yaml"
     spec.write_text(yaml.safe_dump(resource))
     log = tmp_path / "termination-log"
-    env = {**os.environ, "QUANTTRAIN_REGISTRY": str(tmp_path / "registry"), **(environment or {})}
-    env.pop("RANK", None) if "RANK" not in (environment or {}) else None
+    env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE")}
+    env.update({"QUANTTRAIN_REGISTRY": str(tmp_path / "registry"), **(environment or {})})
     completed = subprocess.run(
         [sys.executable, "-m", "quanttrain.trainer", "--spec", str(spec), "--termination-log", str(log),
          "--data-dir", str(data_dir)],

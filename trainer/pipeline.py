@@ -20,8 +20,8 @@ Steps, in order:
    result JSON to ``output_path``.
 
 A model that fails the gate is still registered, with the gate's outcome in
-its metadata, so that its metrics and plots can be inspected; no alias is
-ever set by training, so such a model reaches ``production`` only when a user
+its metadata, so that its metrics and plots can be inspected.  Training never
+sets an alias, so such a model reaches ``production`` only when a user
 promotes it.  The caller turns the failed gate into exit code 3.
 
 A separate Validation Dataset or Test Dataset replaces that segment of the
@@ -64,7 +64,7 @@ class JobInputError(Exception):
 
 @dataclasses.dataclass
 class TrainingOutcome:
-    """What a training run produced."""
+    """Outputs of one training run: summary, full result, baselines and where the model went."""
 
     summary: TrainingSummary
     result: dict[str, Any]

@@ -27,7 +27,7 @@ Models are stored in formats whose loading runs no code from the file:
 The sha256 of every file is recorded in ``metadata.json`` at save time and
 checked before loading, so a changed model file is rejected with its name.
 NOTE: ``metadata.json`` itself is not signed, so a writer who can change both
-files defeats the check; the safe formats above still refuse to run code.
+files defeats the check.  Even then the safe formats above run no code.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ XGBOOST_FILE = "model.ubj"
 TORCH_FILE = "model.pt"
 MODEL_JSON_FILE = "model.json"
 
-# Types that skops does not trust by default but that these pipelines contain;
-# each is a plain data holder or a class of this project with no custom loading.
+# Types that skops does not trust by default but that these pipelines contain.
+# Each is a plain data holder or a class of this project with no custom loading.
 TRUSTED_TYPES = frozenset({
     "sklearn.tree._tree.Tree",
     "quanttrain.trainer.features.FeatureScaler",
