@@ -95,6 +95,12 @@ def test_failed_collective_becomes_retryable_error():
     assert raised.value.exit_code == EXIT_RETRYABLE
 
 
+def test_other_runtime_errors_pass_through_unchanged():
+    with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
+        with distributed.translate_errors("training an epoch"):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x2)")
+
+
 def test_exit_code_for_maps_only_distributed_failures():
     assert distributed.exit_code_for(distributed.DistributedError("lost")) == EXIT_RETRYABLE
     assert distributed.exit_code_for(torch.distributed.DistNetworkError("store down")) == EXIT_RETRYABLE

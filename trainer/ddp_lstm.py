@@ -93,6 +93,13 @@ class DistributedLSTMClassifier(LSTMClassifier):
 
     def _train_epoch(self, module, optimizer, windows, targets, order: torch.Tensor) -> float:
         """Run this rank's batches with autocast and the gradient scaler; return its mean loss."""
+        if not distributed.current_context().is_distributed:
+            return self._run_batches(module, optimizer, windows, targets, order)
+        # DDP all-reduces the gradients inside backward(); a lost rank surfaces there.
+        with distributed.translate_errors("all-reducing gradients in DistributedDataParallel"):
+            return self._run_batches(module, optimizer, windows, targets, order)
+
+    def _run_batches(self, module, optimizer, windows, targets, order: torch.Tensor) -> float:
         module.train()
         loss_function = nn.CrossEntropyLoss()
         device = windows.device

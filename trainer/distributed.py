@@ -28,6 +28,7 @@ import dataclasses
 import datetime
 import logging
 import os
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -47,6 +48,11 @@ TIMEOUT_ENV = "QUANTTRAIN_COLLECTIVE_TIMEOUT_SECONDS"
 # Ranks wait on rank 0 at the end of a job while it evaluates and registers
 # the model, which can take far longer than one collective should.
 FINAL_WAIT_TIMEOUT_SECONDS = 6 * 3600.0
+
+# Words in the messages of gloo's and NCCL's RuntimeErrors about lost or silent peers.
+_COMMUNICATION_FAILURE = re.compile(
+    r"gloo|nccl|connection|closed by peer|timed out|timeout|socket|rendezvous|store", re.IGNORECASE
+)
 
 _ENVIRONMENT_INTEGERS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
@@ -234,9 +240,18 @@ def translate_errors(operation: str) -> Iterator[None]:
     try:
         yield
     except (dist.DistError, RuntimeError) as error:
+        if not _is_communication_failure(error):
+            raise
         global _broken
         _broken = True
         raise DistributedError(_failure_message(operation, error)) from error
+
+
+def _is_communication_failure(error: BaseException) -> bool:
+    import torch.distributed as dist
+
+    # gloo reports a lost peer or a timeout as a plain RuntimeError, so its message decides.
+    return isinstance(error, dist.DistError) or bool(_COMMUNICATION_FAILURE.search(str(error)))
 
 
 def _failure_message(operation: str, error: BaseException) -> str:
