@@ -258,17 +258,24 @@ def test_lost_node_fails_the_job_and_the_restart_resumes(workdir, cluster):
 # --- hyperparameter search spread over the ranks -----------------------------------------
 
 
-def test_distributed_search_matches_a_single_process_search(workdir, cluster):
+SEARCHES = {
+    "RANDOM_FOREST": {"n_estimators": [10, 20], "max_depth": {"low": 2, "high": 5}},
+    "XGB": {"n_estimators": [10, 20], "max_depth": {"low": 2, "high": 4}},
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(SEARCHES))
+def test_distributed_search_matches_a_single_process_search(workdir, cluster, model_type):
     training = {
         "hyperparameterOptimization": "RANDOM_SEARCH", "maxOptimizationIterations": 4,
-        "searchSpace": {"n_estimators": [10, 20], "max_depth": {"low": 2, "high": 5}},
+        "searchSpace": SEARCHES[model_type],
     }
-    spec = _write_spec(workdir, "sp500-rf", "RANDOM_FOREST", training)
-    nodes = cluster(spec, ("search-a", "search-b"))
-    single_output = workdir / "result-single.json"
+    spec = _write_spec(workdir, f"sp500-{model_type.lower().replace('_', '-')}", model_type, training)
+    nodes = cluster(spec, (f"{model_type}-a", f"{model_type}-b"))
+    single_output = workdir / f"result-{model_type}-single.json"
     single = subprocess.run(
         [sys.executable, "-m", "quanttrain.trainer", "--spec", str(spec), "--registry", str(workdir / "registry"),
-         "--output", str(single_output), "--termination-log", str(workdir / "termination-single.txt")],
+         "--output", str(single_output), "--termination-log", str(workdir / f"termination-{model_type}-single.txt")],
         cwd=workdir, env=_child_environment(), capture_output=True, text=True, timeout=NODE_WAIT, check=False,
     )
     codes = [node.wait() for node in nodes]
@@ -286,6 +293,8 @@ def test_distributed_search_matches_a_single_process_search(workdir, cluster):
 
     assert trials(distributed_result) == trials(single_result)
     assert distributed_result["search"]["best_params"] == single_result["search"]["best_params"]
+    other = nodes[1] if primary is nodes[0] else nodes[0]
+    assert "fitting the model" not in other.log(), "the final tree model trains on rank 0 alone"
 
 
 # --- a rank that stops responding -----------------------------------------------------------
