@@ -180,6 +180,13 @@ def test_early_stopping_gap_is_horizon_in_bars():
     assert make_estimator(config).named_steps["model"].validation_gap == 3
 
 
+@pytest.mark.parametrize("model_type", ["XGB", "LSTM"])
+def test_given_validation_gap_reaches_early_stopping(model_type):
+    model = make_estimator(job_config(model_type), validation_gap=5).named_steps["model"]
+
+    assert model.validation_gap == 5
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback on machines without CUDA")
 def test_gpu_enabled_without_cuda_trains_on_cpu(caplog):
     model = make_estimator(job_config("XGB", gpuEnabled=True)).named_steps["model"]

@@ -198,11 +198,15 @@ def make_estimator(
     *,
     preprocessor=None,
     n_classes: int = 2,
+    validation_gap: int | None = None,
 ) -> Pipeline:
     """Build the unfitted pipeline for the strategy's model type.
 
     ``params`` (plain parameter names, as in ``training.searchSpace``) override
     ``training.modelParameters``.  Unknown names raise ValueError.
+    ``validation_gap`` is the number of rows that early stopping (XGB, LSTM)
+    drops before its evaluation rows: pass the dataset's label look-ahead.
+    It defaults to :func:`early_stopping_gap`.
     """
     model_type = config.strategy.model_type
     fixed = dict(config.training.model_parameters)
@@ -214,11 +218,12 @@ def make_estimator(
     steps: list[tuple[str, Any]] = [("preprocess", preprocessor if preprocessor is not None else "passthrough")]
     if model_type in (ModelType.SVM, ModelType.LSTM):
         steps.append(("scale", StandardScaler()))
-    steps.append(("model", _build_model(config, merged, n_classes)))
+    gap = early_stopping_gap(config) if validation_gap is None else validation_gap
+    steps.append(("model", _build_model(config, merged, n_classes, gap)))
     return Pipeline(steps)
 
 
-def _build_model(config: TrainingJobConfig, params: dict[str, Any], n_classes: int):
+def _build_model(config: TrainingJobConfig, params: dict[str, Any], n_classes: int, gap: int):
     model_type = config.strategy.model_type
     seed = config.training.random_seed
     if model_type is ModelType.RANDOM_FOREST:
@@ -228,11 +233,11 @@ def _build_model(config: TrainingJobConfig, params: dict[str, Any], n_classes: i
         # rows (5 unshuffled folds); the SVC itself is then fitted on all of them.
         return CalibratedClassifierCV(SVC(random_state=seed, **params), method="sigmoid", ensemble=False)
     if model_type is ModelType.XGB:
-        return _build_xgb(config, params, n_classes)
-    return _build_lstm(config, params)
+        return _build_xgb(config, params, n_classes, gap)
+    return _build_lstm(config, params, gap)
 
 
-def _build_xgb(config: TrainingJobConfig, params: dict[str, Any], n_classes: int):
+def _build_xgb(config: TrainingJobConfig, params: dict[str, Any], n_classes: int, gap: int):
     from xgboost import XGBClassifier
 
     training = config.training
@@ -249,16 +254,16 @@ def _build_xgb(config: TrainingJobConfig, params: dict[str, Any], n_classes: int
         return XGBClassifier(**options)
     booster = XGBClassifier(early_stopping_rounds=training.early_stopping_patience, **options)
     return HoldoutEarlyStopping(booster, validation_fraction=validation_fraction,
-                                validation_gap=early_stopping_gap(config))
+                                validation_gap=gap)
 
 
-def _build_lstm(config: TrainingJobConfig, params: dict[str, Any]):
+def _build_lstm(config: TrainingJobConfig, params: dict[str, Any], gap: int):
     from quanttrain.trainer.lstm import LSTMClassifier
 
     training = config.training
     options = {
         "sequence_length": config.strategy.feature_configuration.sequence_length,
-        "validation_gap": early_stopping_gap(config),
+        "validation_gap": gap,
         **params,
         "patience": training.early_stopping_patience if training.early_stopping else None,
         "device": _device(training.gpu_enabled, cuda_name="cuda"),
@@ -273,12 +278,12 @@ def early_stopping_gap(config: TrainingJobConfig) -> int:
     Early stopping drops this many rows between its training and evaluation
     parts, so that the labels of the last training rows do not overlap the
     evaluation rows.  Callers that know the dataset's look-ahead may set the
-    model's ``validation_gap`` to it instead.
+    estimator's gap to it instead (``make_estimator(..., validation_gap=...)``).
     """
     from quanttrain.trainer.targets import horizon_bars, target_lookahead_bars
 
-    # NOTE: with the bar interval left to inference from timestamps, no gap is
-    # dropped; the overlap then only makes early stopping slightly optimistic.
+    # NOTE: when the bar interval is left to inference from timestamps and the
+    # caller passes no gap, none is dropped, which makes early stopping slightly optimistic.
     interval = config.strategy.feature_configuration.bar_interval_minutes
     if interval is None:
         return 0
