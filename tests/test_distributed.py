@@ -164,7 +164,7 @@ def test_load_rejects_a_pickled_object(tmp_path):
         checkpoints.load_checkpoint(path)
 
 
-def test_remove_checkpoints_deletes_the_folder_and_its_empty_parent(tmp_path):
+def test_remove_checkpoints_drops_empty_parent(tmp_path):
     folder = tmp_path / "checkpoints" / "run"
     checkpoints.save_checkpoint(folder, 1, _state(1.0))
     checkpoints.remove_checkpoints(folder)
@@ -271,7 +271,7 @@ def test_final_fit_outside_torchrun_keeps_the_plain_model(tmp_path):
     assert prepared.steps[-1][1].checkpoint_dir == str(tmp_path / "run")
 
 
-def test_final_fit_of_trees_runs_on_rank_zero_only(monkeypatch):
+def test_tree_final_fit_runs_on_rank_zero(monkeypatch):
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.pipeline import Pipeline
 
@@ -282,7 +282,7 @@ def test_final_fit_of_trees_runs_on_rank_zero_only(monkeypatch):
     assert ddp_lstm.prepare_final_fit(pipeline) is pipeline
 
 
-def test_final_fit_of_an_lstm_trains_on_every_rank(monkeypatch):
+def test_lstm_final_fit_runs_on_every_rank(monkeypatch):
     from sklearn.pipeline import Pipeline
 
     from quanttrain.trainer.lstm import LSTMClassifier

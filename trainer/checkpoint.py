@@ -40,18 +40,18 @@ _NAME = re.compile(r"^epoch-(\d{6})\.pt$")
 
 
 def fingerprint(**facts: Any) -> str:
-    """A short stable hash of JSON-serialisable facts about a training run."""
+    """Return a short stable hash of JSON-serialisable facts about a training run."""
     text = json.dumps(facts, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def checkpoint_path(directory: str | os.PathLike[str], epoch: int) -> Path:
-    """The file that holds the state after ``epoch`` epochs."""
+    """Return the path of the checkpoint written after ``epoch`` epochs."""
     return Path(directory) / f"epoch-{epoch:06d}.pt"
 
 
 def list_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
-    """Checkpoint files in ``directory``, oldest epoch first; empty when there is none."""
+    """Return the checkpoint files in ``directory``, oldest epoch first (empty when there is none)."""
     folder = Path(directory)
     if not folder.is_dir():
         return []
@@ -109,7 +109,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     except Exception as error:  # torch raises several types for corrupt or unsafe files
         raise ValueError(f"checkpoint {path} is unreadable or unsafe to load: {error}") from error
     if not isinstance(state, dict) or "epoch" not in state:
-        raise ValueError(f"checkpoint {path} holds no training state (no 'epoch' key)")
+        raise ValueError(f"checkpoint {path} contains no training state (no 'epoch' key)")
     return state
 
 

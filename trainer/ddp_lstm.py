@@ -5,10 +5,10 @@ training loop and replaces its hooks:
 
 * Windows are built and split in time first, so the validation windows are
   the chronologically last ones.  Only the training windows are then divided
-  among the ranks, like torch's ``DistributedSampler``: every rank draws the
-  same permutation of the training windows from a seed that rank 0 chooses,
-  pads it with its first windows to a multiple of the world size and takes
-  every W-th window from its rank on.  A rank never sees a validation window,
+  among the ranks, like torch's ``DistributedSampler`` does.  Every rank draws
+  the same permutation of the training windows from a seed that rank 0
+  chooses.  It pads the permutation with its first windows to a multiple of
+  the world size W and takes every W-th window, starting at its rank.  A rank never sees a validation window,
   and all ranks run the same number of steps, which DDP's gradient
   all-reduce requires.
 * Each rank computes the loss of its share of the validation windows, and the
@@ -50,7 +50,7 @@ class DistributedLSTMClassifier(LSTMClassifier):
     """LSTMClassifier whose ``fit`` trains with DistributedDataParallel on every torchrun rank.
 
     Every rank must call ``fit`` with the same rows.  After ``fit`` every
-    rank holds the same weights.  Parameters are those of
+    rank has the same weights.  Parameters are those of
     :class:`~quanttrain.trainer.lstm.LSTMClassifier`.
     """
 
@@ -220,7 +220,7 @@ def prepare_final_fit(pipeline: Any, checkpoint_dir: str | os.PathLike[str] | No
 
 
 def checkpoint_directory(registry_dir: str | os.PathLike[str], strategy_key: str, config_sha256: str) -> Path:
-    """The folder for one configuration's checkpoints: ``<registry>/<strategy>/checkpoints/<config hash>``.
+    """Return the folder for one configuration's checkpoints: ``<registry>/<strategy>/checkpoints/<config hash>``.
 
     Restarts of the same job find their checkpoints there; another
     configuration of the strategy gets its own folder.

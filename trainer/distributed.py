@@ -1,7 +1,7 @@
 """Process groups for training under torchrun, and the collectives the trainer uses.
 
 torchrun starts one worker process per GPU (or per CPU slot) on every node and
-tells each worker who it is through environment variables: ``RANK``,
+identifies each worker through environment variables: ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and
 ``MASTER_PORT``.  :func:`init_distributed` reads them and joins the process
 group: NCCL when the worker trains on CUDA, gloo on CPU.  Without those
@@ -69,7 +69,7 @@ class DistributedError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class DistributedContext:
-    """Who this process is among the job's workers, and how it talks to the others."""
+    """Identity of this process among the job's workers, and the address of the others."""
 
     rank: int = 0
     world_size: int = 1
@@ -129,7 +129,7 @@ class DistributedContext:
         return self.rank == 0
 
     def describe(self) -> str:
-        """One line for logs: rank, world size, backend and device."""
+        """Return one line for logs: rank, world size, backend and device."""
         if not self.is_distributed:
             return f"single process on {self.device}"
         return (
@@ -148,17 +148,17 @@ _broken = False
 
 
 def current_context() -> DistributedContext:
-    """The context set by :func:`init_distributed`, or the single-process one."""
+    """Return the context set by :func:`init_distributed`, or the single-process one."""
     return _active
 
 
 def is_primary() -> bool:
-    """Whether this process is rank 0, the one that writes results (true outside torchrun)."""
+    """Return whether this process is rank 0, the one that writes results (true outside torchrun)."""
     return _active.is_primary
 
 
 def collective_timeout(environ: Mapping[str, str] | None = None) -> float:
-    """The collective timeout in seconds: ``$QUANTTRAIN_COLLECTIVE_TIMEOUT_SECONDS`` or the default."""
+    """Return the collective timeout in seconds: ``$QUANTTRAIN_COLLECTIVE_TIMEOUT_SECONDS`` or the default."""
     environ = os.environ if environ is None else environ
     raw = environ.get(TIMEOUT_ENV, "").strip()
     if not raw:
@@ -175,7 +175,7 @@ def collective_timeout(environ: Mapping[str, str] | None = None) -> float:
 def init_distributed(gpu: bool, timeout_seconds: float | None = None) -> DistributedContext:
     """Join the torchrun process group, or return a single-process context outside torchrun.
 
-    ``gpu`` asks for CUDA: the worker then uses the GPU of its LOCAL_RANK and
+    ``gpu`` requests CUDA: the worker then uses the GPU of its LOCAL_RANK and
     NCCL; without CUDA it falls back to the CPU and gloo, with a warning.
     ``timeout_seconds`` (default :func:`collective_timeout`) bounds every
     collective, so a dead rank raises :class:`DistributedError` within that time.
@@ -234,7 +234,7 @@ def shutdown() -> None:
 
 @contextlib.contextmanager
 def translate_errors(operation: str) -> Iterator[None]:
-    """Turn a failed collective into a DistributedError that says what was being done."""
+    """Turn a failed collective into a DistributedError that names the operation."""
     import torch.distributed as dist
 
     try:
@@ -357,7 +357,7 @@ def finish(code: int) -> int:
 
 
 def exit_code_for(error: BaseException) -> int | None:
-    """The exit code for a distributed failure, or None when ``error`` is not one."""
+    """Return the exit code for a distributed failure, or None when ``error`` is not one."""
     import torch.distributed as dist
 
     if isinstance(error, DistributedError):

@@ -5,7 +5,7 @@ and alone decides what to try next and when to stop (Max Training Time, the
 trial budget, Bayesian proposals).  Its trial runner sends each batch of
 parameter sets to every rank; rank r evaluates trials r, r+W, ... of the batch
 (W ranks) by walk-forward cross-validation on its own copy of the data, and
-the trials are gathered back into batch order.  The search asks for W points
+the trials are gathered back into batch order.  The search requests W points
 per batch (times Parallel Jobs, which each rank runs as local worker
 processes), so Bayesian search gets one point per rank and round.
 
