@@ -1,0 +1,280 @@
+"""Real-time prediction: the Predictor against the batch pipeline on real S&P 500 daily bars (arch)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from quanttrain.trainer.config import load_job_config
+from quanttrain.trainer.data import load_bars
+from quanttrain.trainer.dataset import build_dataset
+from quanttrain.trainer.market_data import export_market_data
+from quanttrain.trainer.pipeline import train_job
+from quanttrain.trainer.registry import TamperedArtifactError
+from quanttrain.trainer.serving import (
+    BarError,
+    Pending,
+    Prediction,
+    Predictor,
+    ServedModel,
+    ServingError,
+    class_values,
+    parse_bar,
+    parse_bars,
+    predict_history,
+    required_history,
+)
+
+# Recursive indicators (RSI, MACD, ATR, smoothing) are the hard case for a rolling buffer.
+JOB = {
+    "strategy": {
+        "name": "Serving Test", "modelType": "RANDOM_FOREST", "predictionTarget": "PRICE_DIRECTION",
+        "trainingDataset": "sp500_daily.csv", "modelPath": "serving-test", "confidenceThreshold": 0.52,
+        "trainingWindowDays": 365, "predictionHorizonMinutes": 1440, "realtimeMode": True,
+    },
+    "training": {
+        "hyperparameterOptimization": "NONE", "cvFolds": 2, "randomSeed": 3,
+        "modelParameters": {"n_estimators": 8, "max_depth": 3}, "overfittingDetection": False,
+    },
+    "features": {
+        "targetVariable": "direction", "featureColumns": ["rsi", "macd", "bb_position", "atr", "volume_ratio"],
+        "trainSplitRatio": 0.7, "validationSplitRatio": 0.15,
+    },
+    "indicators": [
+        {"name": "rsi", "type": "TECHNICAL", "calculationMethod": "RSI", "lookbackPeriod": 14,
+         "thresholds": {"lower": 30, "upper": 70}},
+        {"name": "macd", "type": "TECHNICAL", "calculationMethod": "MACD", "output": "macdhist",
+         "normalization": "ZSCORE"},
+        {"name": "bb_position", "type": "VOLATILITY", "calculationMethod": "BB_POSITION"},
+        {"name": "atr", "type": "VOLATILITY", "calculationMethod": "ATR", "normalization": "ROBUST"},
+        {"name": "volume_ratio", "type": "VOLUME", "calculationMethod": "VOLUME_RATIO", "smoothing": True,
+         "smoothingFactor": 0.3},
+    ],
+}
+
+# Where the streamed slice of the S&P 500 bars starts: deep inside the data,
+# so the batch features carry years of history that the stream never sees.
+STREAM_START = 3000
+STREAM_EXTRA = 40
+
+
+def job_config(**strategy):
+    job = copy.deepcopy(JOB)
+    job["strategy"].update(strategy)
+    return load_job_config(job)
+
+
+def bar_payloads(bars: pd.DataFrame) -> list[dict]:
+    return [{"timestamp": stamp.strftime("%Y-%m-%d"), **{name: float(row[name]) for name in
+             ("open", "high", "low", "close", "volume")}} for stamp, row in bars.iterrows()]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("market-data")
+    export_market_data(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def registry(data_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("registry")
+    train_job(job_config(), registry_dir=folder, base_dir=data_dir, progress=False, strategy_key="serving-test")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(registry):
+    return ServedModel.load(registry, "serving-test")
+
+
+@pytest.fixture(scope="module")
+def sp500(data_dir):
+    return load_bars(data_dir / "sp500_daily.csv")
+
+
+@pytest.fixture(scope="module")
+def streamed(model, sp500):
+    """Stream a slice of the S&P 500 bars through one Predictor; keep each outcome and feature row."""
+    window = sp500.iloc[STREAM_START:STREAM_START + model.warmup_bars + STREAM_EXTRA]
+    predictor = Predictor(model)
+    outcomes, features = [], []
+    for bar in parse_bars(bar_payloads(window)):
+        outcomes.append(predictor.update(bar))
+        features.append(predictor.features)
+    return window, outcomes, features
+
+
+def test_stream_features_match_the_batch_pipeline(model, sp500, streamed):
+    window, outcomes, features = streamed
+    batch = build_dataset(sp500, model.config).X
+    compared = 0
+    for stamp, outcome, row in zip(window.index, outcomes, features):
+        if isinstance(outcome, Prediction):
+            np.testing.assert_allclose(row.to_numpy(), batch.loc[stamp].to_numpy(), rtol=1e-9, atol=1e-9)
+            compared += 1
+    assert compared == STREAM_EXTRA + 1
+
+
+def test_stream_predictions_match_the_batch_pipeline(model, sp500, streamed):
+    window, outcomes, _ = streamed
+    batch = build_dataset(sp500, model.config).X
+    predicted = [outcome for outcome in outcomes if isinstance(outcome, Prediction)]
+    stamps = [pd.Timestamp(item.timestamp) for item in predicted]
+    expected = model.probabilities(batch.loc[stamps])
+    actual = np.array([[item.probabilities[name] for name in model.classes] for item in predicted])
+    np.testing.assert_allclose(actual, expected, atol=1e-12)
+
+
+def test_stream_features_use_the_registered_feature_names(model, streamed):
+    _, _, features = streamed
+    assert list(features[-1].index) == model.feature_names
+
+
+def test_history_predictions_match_the_stream(model, streamed):
+    window, outcomes, _ = streamed
+    predictions, skipped = predict_history(model, parse_bars(bar_payloads(window)))
+    streamed_predictions = [outcome for outcome in outcomes if isinstance(outcome, Prediction)]
+    assert [item.timestamp for item in predictions] == [item.timestamp for item in streamed_predictions]
+    assert skipped == []
+    for batch_item, stream_item in zip(predictions, streamed_predictions):
+        assert batch_item.label == stream_item.label
+        assert batch_item.confidence == pytest.approx(stream_item.confidence, abs=1e-12)
+
+
+def test_warm_up_returns_pending_until_the_history_is_full(model, streamed):
+    _, outcomes, _ = streamed
+    pending = outcomes[:model.warmup_bars - 1]
+    assert all(isinstance(outcome, Pending) for outcome in pending)
+    assert pending[-1].received_bars == model.warmup_bars - 1
+    assert pending[-1].required_bars == model.warmup_bars
+    assert isinstance(outcomes[model.warmup_bars - 1], Prediction)
+
+
+def test_warm_up_covers_the_longest_indicator(model):
+    # MACD's slow EMA (26) plus its signal EMA (9) is the longest TA-Lib lookback here.
+    assert model.warmup_bars > 26 + 9
+
+
+def test_prediction_reports_label_threshold_and_version(model, streamed):
+    _, outcomes, _ = streamed
+    prediction = outcomes[-1]
+    assert prediction.label in (0, 1)
+    assert prediction.confidence == max(prediction.probabilities.values())
+    assert prediction.threshold_reached == (prediction.confidence >= 0.52)
+    assert prediction.acted_on == (prediction.signal != 0)
+    assert prediction.model_version == "1"
+
+
+def test_prediction_sees_no_later_bar(model, sp500):
+    window = sp500.iloc[STREAM_START:STREAM_START + model.warmup_bars + 10].copy()
+    original, _ = predict_history(model, parse_bars(bar_payloads(window)))
+    # Crash the last five bars: predictions of the bars before them must not move.
+    window.iloc[-5:, :4] *= 0.5
+    changed, _ = predict_history(model, parse_bars(bar_payloads(window)))
+    assert [item.to_json() for item in changed[:-5]] == [item.to_json() for item in original[:-5]]
+
+
+def test_history_shorter_than_the_warm_up_predicts_nothing(model, sp500):
+    window = sp500.iloc[STREAM_START:STREAM_START + model.warmup_bars - 1]
+    predictions, _ = predict_history(model, parse_bars(bar_payloads(window)))
+    assert predictions == []
+
+
+def test_out_of_order_bar_is_rejected_and_not_buffered(model, sp500):
+    payloads = bar_payloads(sp500.iloc[STREAM_START:STREAM_START + 3])
+    predictor = Predictor(model)
+    predictor.update(parse_bar(payloads[0]))
+    predictor.update(parse_bar(payloads[2]))
+    with pytest.raises(BarError) as caught:
+        predictor.update(parse_bar(payloads[1]))
+    problem = caught.value.problems[0]
+    assert problem.field == "bar.timestamp"
+    assert problem.value == payloads[1]["timestamp"]
+    assert "strictly increasing time order" in problem.message
+    assert predictor.received == 2
+
+
+def test_repeated_bar_is_rejected(model, sp500):
+    payload = bar_payloads(sp500.iloc[STREAM_START:STREAM_START + 1])[0]
+    predictor = Predictor(model)
+    predictor.update(parse_bar(payload))
+    with pytest.raises(BarError, match="repeats the last bar seen"):
+        predictor.update(parse_bar(payload))
+
+
+def test_bar_errors_are_reported_together():
+    with pytest.raises(BarError) as caught:
+        parse_bar({"timestamp": "yesterday", "open": 1.0, "high": "abc", "low": float("nan"), "close": 2.0})
+    by_field = {problem.field: problem for problem in caught.value.problems}
+    assert "volume" in by_field["bar"].message
+    assert by_field["bar.timestamp"].value == "yesterday"
+    assert by_field["bar.high"].value == "abc"
+    assert "finite" in by_field["bar.low"].message
+
+
+def test_bar_with_unknown_field_is_rejected():
+    with pytest.raises(BarError, match="unknown field"):
+        parse_bar({"timestamp": "2018-01-02", "open": 1, "high": 1, "low": 1, "close": 1, "volume": 1, "vol": 1})
+
+
+def test_bar_timestamp_with_offset_becomes_utc():
+    bar = parse_bar({"timestamp": "2018-01-02T10:00:00+02:00", "open": 1, "high": 1, "low": 1, "close": 1,
+                     "volume": 1})
+    assert bar.timestamp == pd.Timestamp("2018-01-02T08:00:00")
+
+
+def test_bars_out_of_order_in_one_list_name_the_position():
+    payloads = [{"timestamp": day, "open": 1, "high": 1, "low": 1, "close": 1, "volume": 1}
+                for day in ("2018-01-03", "2018-01-02")]
+    with pytest.raises(BarError) as caught:
+        parse_bars(payloads)
+    assert caught.value.problems[0].field == "bars[1].timestamp"
+
+
+def test_cumulative_indicator_cannot_be_served():
+    job = copy.deepcopy(JOB)
+    job["indicators"].append({"name": "obv", "type": "VOLUME", "calculationMethod": "OBV"})
+    job["features"]["featureColumns"].append("obv")
+    with pytest.raises(ServingError, match="obv depend on the whole price history"):
+        required_history(load_job_config(job), 1440.0)
+
+
+def test_daily_update_frequency_on_minute_bars_adds_a_day_of_history():
+    job = copy.deepcopy(JOB)
+    plain = required_history(load_job_config(job), 1.0)
+    job["indicators"][0]["updateFrequencyMinutes"] = 1440
+    assert required_history(load_job_config(job), 1.0) == plain + 1439
+
+
+def test_class_values_restore_the_training_labels():
+    assert class_values(["-1", "1"]) == [-1, 1]
+    assert class_values(["0.5", "2"]) == [0.5, 2]
+    assert class_values(["BUY", "HOLD", "SELL"]) == ["BUY", "HOLD", "SELL"]
+
+
+def test_changed_result_file_is_not_served(registry, tmp_path):
+    import shutil
+
+    copied = tmp_path / "registry"
+    shutil.copytree(registry, copied)
+    result_path = copied / "serving-test" / "1" / "result.json"
+    result = json.loads(result_path.read_text())
+    result["config"]["strategy"]["confidenceThreshold"] = 0.99
+    result_path.write_text(json.dumps(result))
+    with pytest.raises(TamperedArtifactError, match="result.json"):
+        ServedModel.load(copied, "serving-test")
+
+
+def test_model_description_names_version_classes_and_metrics(model, registry):
+    metadata = json.loads((registry / "serving-test" / "1" / "metadata.json").read_text())
+    described = model.describe()
+    assert described["sha256"] == metadata["modelSha256"]
+    assert described["classes"] == [0, 1]
+    assert described["confidenceThreshold"] == 0.52
+    assert described["metrics"]["accuracy"] == metadata["metrics"]["accuracy"]
+    assert described["warmupBars"] == model.warmup_bars
