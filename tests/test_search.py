@@ -106,6 +106,19 @@ def test_grid_search_rejects_ranges():
         search(config)
 
 
+@pytest.mark.parametrize("method", ["RANDOM_SEARCH", "BAYESIAN"])
+def test_small_space_caps_trial_count(method, caplog):
+    space = {"n_estimators": [5, 10], "max_depth": {"low": 2, "high": 3}}
+    config = job_config(hyperparameterOptimization=method, maxOptimizationIterations=10, searchSpace=space)
+
+    with caplog.at_level(logging.INFO, logger="quanttrain.trainer.search"):
+        result = search(config)
+
+    assert len({json.dumps(trial.params, sort_keys=True) for trial in result.trials}) == 4
+    assert len(result.trials) == 4
+    assert "search space has only 4 combinations; running 4 trials instead of 10" in caplog.text
+
+
 def test_random_search_samples_ranges_within_bounds():
     space = {"max_depth": {"low": 2, "high": 9, "log": True}, "max_features": {"low": 0.2, "high": 0.9},
              "n_estimators": [4, 6]}

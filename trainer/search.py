@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 import os
@@ -41,6 +42,10 @@ logger = logging.getLogger("quanttrain.trainer.search")
 
 # The score a failed trial reports to the Bayesian optimiser: the worst value of every metric.
 _FAILED_TRIAL_SCORE = 0.0
+# Draws per requested random-search trial, so that duplicates can be dropped.
+_RANDOM_OVERSAMPLING = 20
+# Rounds of asking for replacements when the optimiser proposes evaluated points again.
+_MAX_ASK_ROUNDS = 10
 # Random points evaluated before the Gaussian process proposes any: scikit-optimize's
 # default of 10, lowered for small budgets so the model still picks half of the points.
 _MAX_INITIAL_POINTS = 10
@@ -238,24 +243,67 @@ class _BayesianProposals:
 
         self._names = list(space)
         dimensions = [_skopt_dimension(name, dimension) for name, dimension in space.items()]
-        self.total = total
+        self.total = min(total, _combinations(space))
+        if self.total < total:
+            # Beyond this, scikit-optimize would only repeat points it has evaluated.
+            logger.info("search space has only %d combinations; running %d trials instead of %d",
+                        self.total, self.total, total)
         self._optimizer = Optimizer(
             dimensions, base_estimator="GP", random_state=seed,
-            n_initial_points=max(1, min(_MAX_INITIAL_POINTS, total // 2)),
+            n_initial_points=max(1, min(_MAX_INITIAL_POINTS, self.total // 2)),
         )
         self._pending: list[list[Any]] = []
+        self._losses: dict[str, float] = {}
 
     def ask(self, count: int) -> list[dict[str, Any]]:
-        points = self._optimizer.ask(n_points=count) if count > 1 else [self._optimizer.ask()]
-        self._pending = points
-        return [to_plain(dict(zip(self._names, point))) for point in points]
+        """Return up to ``count`` points not evaluated before.
+
+        scikit-optimize may propose a point again, above all in small discrete
+        spaces.  Such a point gets its known loss at once instead of a trial,
+        and the optimiser is asked again, for a bounded number of rounds.
+        """
+        chosen: list[list[Any]] = []
+        keys: set[str] = set()
+        for _ in range(_MAX_ASK_ROUNDS):
+            for point in self._ask_points(count - len(chosen)):
+                key = _point_key(point)
+                if key in self._losses:
+                    self._optimizer.tell(point, self._losses[key])
+                elif key not in keys:
+                    chosen.append(point)
+                    keys.add(key)
+            if len(chosen) == count:
+                break
+        self._pending = chosen
+        return [to_plain(dict(zip(self._names, point))) for point in chosen]
+
+    def _ask_points(self, count: int) -> list[list[Any]]:
+        return self._optimizer.ask(n_points=count) if count > 1 else [self._optimizer.ask()]
 
     def tell(self, trials: list[Trial]) -> None:
         losses = []
-        for trial in trials:
+        for point, trial in zip(self._pending, trials):
             usable = trial.succeeded and not math.isnan(trial.score)
             losses.append(-(trial.score if usable else _FAILED_TRIAL_SCORE))
+            self._losses[_point_key(point)] = losses[-1]
         self._optimizer.tell(self._pending, losses)
+
+
+def _point_key(point: list[Any]) -> str:
+    return json.dumps(to_plain(point), default=str)
+
+
+def _combinations(space: dict[str, Any]) -> float:
+    """Return the number of distinct points in ``space``, infinite when it has a real-valued range."""
+    count = 1.0
+    for dimension in space.values():
+        if isinstance(dimension, ParameterRange):
+            if not dimension.is_integer:
+                return math.inf
+            count *= dimension.high - dimension.low + 1
+        else:
+            count *= len(dimension)
+    return count
 
 
 def _skopt_dimension(name: str, dimension: Any):
@@ -314,10 +362,17 @@ def _random_proposals(space: dict[str, Any], total: int, seed: int) -> _FixedPro
     from sklearn.model_selection import ParameterSampler
 
     distributions = {name: _scipy_distribution(dimension) for name, dimension in space.items()}
+    limit = min(total, _combinations(space))
+    distinct: dict[str, dict[str, Any]] = {}
     with warnings.catch_warnings():
         # ParameterSampler warns when a space of lists has fewer points than requested; logged below.
         warnings.simplefilter("ignore", UserWarning)
-        candidates = [to_plain(params) for params in ParameterSampler(distributions, total, random_state=seed)]
+        # Integer ranges are sampled with replacement, so draw extra points and keep the first distinct ones.
+        for params in ParameterSampler(distributions, total * _RANDOM_OVERSAMPLING, random_state=seed):
+            distinct.setdefault(_point_key(params), to_plain(params))
+            if len(distinct) >= limit:
+                break
+    candidates = list(distinct.values())
     if len(candidates) < total:
         logger.info("search space has only %d combinations; running %d trials instead of %d",
                     len(candidates), len(candidates), total)
