@@ -243,7 +243,7 @@ class _BayesianProposals:
 
         self._names = list(space)
         dimensions = [_skopt_dimension(name, dimension) for name, dimension in space.items()]
-        self.total = min(total, _combinations(space))
+        self.total = int(min(total, _combinations(space)))
         if self.total < total:
             # Beyond this, scikit-optimize would only repeat points it has evaluated.
             logger.info("search space has only %d combinations; running %d trials instead of %d",
@@ -293,9 +293,9 @@ def _point_key(point: list[Any]) -> str:
     return json.dumps(to_plain(point), default=str)
 
 
-def _combinations(space: dict[str, Any]) -> float:
-    """Return the number of distinct points in ``space``, infinite when it has a real-valued range."""
-    count = 1.0
+def _combinations(space: dict[str, Any]) -> int | float:
+    """Return the number of distinct points in ``space``, ``math.inf`` when it has a real-valued range."""
+    count = 1
     for dimension in space.values():
         if isinstance(dimension, ParameterRange):
             if not dimension.is_integer:
@@ -429,7 +429,7 @@ def run_search(
     Raises
     ------
     ValueError : the search space names an unknown parameter, or a grid contains a range.
-    SearchError : every trial failed; the message holds the first error.
+    SearchError : every trial failed; the message contains the first error.
     """
     training = config.training
     method = SearchMethod(training.hyperparameter_optimization)
