@@ -173,6 +173,11 @@ async def launch(
     key = (namespace, name)
     if status.get("phase") in job_status.TERMINAL_PHASES:
         return
+    if job_status.condition(status, ConditionType.CREATED):
+        # The Job existed once: one that is gone now was deleted or expired, and the daemon
+        # reports it. Creating it again would train a second time.
+        runtime.wake(key)
+        return
     job = manifests.JobIdentity.from_body(body)
     parsed, problems = manifests.spec_problems(name, dict(spec))
     if parsed is None:
@@ -369,17 +374,18 @@ def _report_transitions(body: Mapping[str, Any], before: Mapping[str, Any], afte
 
 
 async def _sync_job_fields(body: Mapping[str, Any], job: job_status.JobFacts, logger: logging.Logger) -> None:
-    """Patch the Job's suspend, deadline and TTL when the spec changed them."""
+    """Patch the Job's suspend, deadline and TTL when the spec changed them since the operator last set them."""
     try:
         spec = api.MLTrainingJobSpec.model_validate(body.get("spec") or {})
     except ValidationError:
         return  # an invalid edit is reported as a rejected change; the Job keeps its values
     desired = manifests.mutable_job_fields(spec, runtime.settings)
-    changes = {field: value for field, value in desired.items() if job.mutable_fields.get(field) != value}
+    changes = {field: value for field, value in desired.items() if job.applied_fields.get(field) != value}
     if not changes:
         return
     namespace = body["metadata"]["namespace"]
-    await runtime.client.merge_patch(resource_path("batch/v1", "jobs", namespace, job.name), {"spec": changes})
+    patch = {"metadata": {"annotations": manifests.applied_run_policy_annotation(desired)}, "spec": changes}
+    await runtime.client.merge_patch(resource_path("batch/v1", "jobs", namespace, job.name), patch)
     logger.info(f"updated Job {job.name}: {changes}")
     if "suspend" in changes:
         action = "suspended" if changes["suspend"] else "resumed"

@@ -9,6 +9,7 @@ MLTrainingJob's name alone, so a handler that runs twice creates nothing twice.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Mapping
 
 import yaml
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 from quanttrain.operator import api
 from quanttrain.operator.api import MLTrainingJobSpec, VolumeSource
 from quanttrain.operator.settings import OperatorSettings
-from quanttrain.operator.status import COMPLETION_INDEX_KEY, TRAINER_CONTAINER
+from quanttrain.operator.status import APPLIED_RUN_POLICY_KEY, COMPLETION_INDEX_KEY, TRAINER_CONTAINER
 from quanttrain.trainer.config import rule_violations, violations_from_validation_error
 from quanttrain.trainer.summary import PERMANENT_EXIT_CODES
 
@@ -186,8 +187,16 @@ def build_job(job: JobIdentity, spec: MLTrainingJobSpec, settings: OperatorSetti
         "podFailurePolicy": pod_failure_policy(),
         "template": build_pod_template(job, spec, settings),
     }
-    job_spec.update({key: value for key, value in mutable_job_fields(spec, settings).items() if value is not None})
+    mutable = mutable_job_fields(spec, settings)
+    job_spec.update({key: value for key, value in mutable.items() if value is not None})
+    metadata["annotations"] = applied_run_policy_annotation(mutable)
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+
+
+def applied_run_policy_annotation(fields: Mapping[str, Any]) -> dict[str, str]:
+    """Record what the operator set, so that a later change of the spec is told apart from
+    another controller's change of the Job (Kueue suspends and resumes Jobs itself)."""
+    return {APPLIED_RUN_POLICY_KEY: json.dumps(dict(fields), sort_keys=True)}
 
 
 def pod_failure_policy() -> dict[str, Any]:

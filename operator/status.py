@@ -33,6 +33,8 @@ from quanttrain.trainer.summary import (
 TRAINER_CONTAINER = "trainer"
 # Label and annotation that the Job controller sets on the pods of an Indexed Job.
 COMPLETION_INDEX_KEY = "batch.kubernetes.io/job-completion-index"
+# Annotation on the Job with the run policy fields the operator last applied (JSON).
+APPLIED_RUN_POLICY_KEY = "quanttrain.io/applied-run-policy"
 # Longest trainer message copied into status.message; the termination message
 # itself is capped at 4096 bytes, and a log tail can be noisy.
 MAX_MESSAGE_CHARS = 1024
@@ -147,7 +149,7 @@ class JobFacts:
     complete: bool = False
     failed_reason: str | None = None
     failed_message: str = ""
-    mutable_fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    applied_fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     owner_uid: str | None = None
 
 
@@ -204,9 +206,21 @@ def job_facts(job: Mapping[str, Any]) -> JobFacts:
         complete="Complete" in conditions,
         failed_reason=failed.get("reason") if failed else None,
         failed_message=(failed.get("message") or "") if failed else "",
-        mutable_fields={key: spec.get(key) for key in ("suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished")},
+        applied_fields=_applied_fields(job, spec),
         owner_uid=owners[0].get("uid") if owners else None,
     )
+
+
+def _applied_fields(job: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The run policy fields the operator last applied, from the annotation; the Job's values without one."""
+    text = ((job.get("metadata") or {}).get("annotations") or {}).get(APPLIED_RUN_POLICY_KEY)
+    try:
+        applied = json.loads(text) if text else None
+    except ValueError:
+        applied = None
+    if isinstance(applied, dict):
+        return applied
+    return {key: spec.get(key) for key in ("suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished")}
 
 
 def parse_summary(message: str) -> TrainingSummary | None:

@@ -19,6 +19,7 @@ statuses through the API, so the operator sees real watch events.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
 import itertools
 import uuid
@@ -59,22 +60,44 @@ def _now() -> str:
 class ClusterEmulator(kmock.KubernetesEmulator):
     """The emulator with server-side metadata and change notifications."""
 
+    # kmock matches each request against every earlier one (for slices such as ``[:1]``),
+    # which grows quadratically; a benchmark that injects no errors turns the history off.
+    keep_history = True
+
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self._versions = itertools.count(1)
         self._changed: asyncio.Condition | None = None
+        self._watched: set[tuple[str, str, str]] = set()
+        self.creations: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
         for key, info in RESOURCES.items():
             self.resources[key] = kmock.ResourceInfo(**info)
 
     async def _handle(self, request: kmock.Request) -> Any:
+        if not self.keep_history:
+            del self._requests[:-1]
         if request.resource is not None and isinstance(request.data, (dict, list)):
             self._complete(request)
         if request.action == enums.action.WATCH:
+            self._watched.add(_resource_key(request.resource))
             await self._notify()  # a watch streams until it is cancelled: announce its arrival now
+        created = self._new_object_key(request)
         try:
-            return await super()._handle(request)
+            response = await super()._handle(request)
+            if created is not None:  # stored even when an injected error answers the request
+                self.creations[created] += 1
+            return response
         finally:
             await self._notify()
+
+    def _new_object_key(self, request: kmock.Request) -> tuple[str, str, str, str] | None:
+        if request.action != enums.action.CREATE or not isinstance(request.data, dict):
+            return None
+        metadata = request.data.get("metadata") or {}
+        key = (request.resource, metadata.get("namespace"), metadata.get("name"))
+        if key in self.objects and not self.objects[key].deleted:
+            return None  # the emulator answers 409
+        return (*_resource_key(request.resource), metadata.get("namespace"), metadata.get("name"))
 
     def _complete(self, request: kmock.Request) -> None:
         if request.action == enums.action.CREATE and isinstance(request.data, dict):
@@ -151,16 +174,15 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         ]
 
     def created_count(self, resource: str, namespace: str, name: str) -> int:
-        """How many times an object of this name was created (a history of more than one means a duplicate)."""
-        key = (kmock.resource(resource), namespace, name)
-        if key not in self.objects:
-            return 0
-        history = list(self.objects[key].history)
-        return sum(1 for before, after in zip([None, *history], history) if before is None and after is not None)
+        """How many create requests for this object succeeded (more than one means a duplicate)."""
+        return self.creations[(*_resource_key(kmock.resource(resource)), namespace, name)]
 
     def watched(self, resource: str) -> bool:
-        wanted = kmock.resource(resource)
-        return any(request.action == enums.action.WATCH and request.resource == wanted for request in list(self))
+        return _resource_key(kmock.resource(resource)) in self._watched
+
+
+def _resource_key(resource: kmock.resource) -> tuple[str, str, str]:
+    return (resource.group or "", resource.version or "", resource.plural or "")
 
 
 def _changes(current: dict[str, Any], patch: dict[str, Any]) -> bool:

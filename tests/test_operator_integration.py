@@ -291,3 +291,34 @@ async def test_launch_fails_after_the_retry_limit(emulator, kubeconfig, controll
     assert condition(emulator, "rf", "Failed")["reason"] == "LaunchFailed"
     assert "HTTP 503" in final["message"]
     assert emulator.stored(JOBS, NAMESPACE, "rf") is None
+
+
+async def test_kueue_suspension_is_left_alone(emulator, operator, controller):
+    labels = {"kueue.x-k8s.io/queue-name": "team-queue"}
+    await controller.create(MLTJ, resource("rf", labels=labels))
+    job = await emulator.wait_for(lambda: emulator.stored(JOBS, NAMESPACE, "rf"), what="Job rf")
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue"
+
+    # Kueue suspends the Job until it admits the workload; the operator must not undo that.
+    await controller.patch(JOBS, "rf", {"spec": {"suspend": True}})
+    await emulator.wait_for(lambda: condition(emulator, "rf", "Suspended").get("status") == "True", what="Suspended")
+    # A later change of a mutable field proves that the operator synced the Job after the suspension.
+    await controller.patch(MLTJ, "rf", {"spec": {"runPolicy": {"activeDeadlineSeconds": 4000}}})
+    synced = await emulator.wait_for(
+        lambda: emulator.stored(JOBS, NAMESPACE, "rf")["spec"].get("activeDeadlineSeconds") == 4000 and
+        emulator.stored(JOBS, NAMESPACE, "rf"), what="the new deadline on the Job",
+    )
+    assert synced["spec"]["suspend"] is True
+
+
+async def test_job_deleted_while_operator_down_is_not_recreated(emulator, kubeconfig, controller):
+    async with running_operator(emulator, kubeconfig):
+        await launched(emulator, controller, "rf")
+        await wait_phase(emulator, "rf", "Pending")
+    await controller.delete(JOBS, "rf")
+
+    async with running_operator(emulator, kubeconfig):
+        final = await wait_phase(emulator, "rf", "Failed")
+    assert condition(emulator, "rf", "Failed")["reason"] == "JobDeleted"
+    assert "deleted before it finished" in final["message"]
+    assert emulator.created_count(JOBS, NAMESPACE, "rf") == 1

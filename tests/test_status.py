@@ -217,7 +217,13 @@ def test_job_facts_read_conditions_and_owner():
     assert facts.failed_reason == "BackoffLimitExceeded"
     assert facts.owner_uid == "u1"
     assert facts.failed == 2
-    assert facts.mutable_fields == {"suspend": False, "activeDeadlineSeconds": 60, "ttlSecondsAfterFinished": None}
+    assert facts.applied_fields == {"suspend": False, "activeDeadlineSeconds": 60, "ttlSecondsAfterFinished": None}
+
+
+def test_job_facts_prefer_the_applied_run_policy_annotation():
+    body = {"metadata": {"name": "rf", "annotations": {status.APPLIED_RUN_POLICY_KEY: '{"suspend": true}'}},
+            "spec": {"suspend": False}}
+    assert status.job_facts(body).applied_fields == {"suspend": True}
 
 
 def test_transitions_list_new_and_changed_conditions():
