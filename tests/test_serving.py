@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from serving_fixtures import JOB, STRATEGY_KEY, bar_payloads, train_tiny_model
 
 from quanttrain.trainer.config import load_job_config
 from quanttrain.trainer.data import load_bars
 from quanttrain.trainer.dataset import build_dataset
 from quanttrain.trainer.market_data import export_market_data
-from quanttrain.trainer.pipeline import train_job
 from quanttrain.trainer.registry import TamperedArtifactError
 from quanttrain.trainer.serving import (
     BarError,
@@ -29,48 +29,10 @@ from quanttrain.trainer.serving import (
     required_history,
 )
 
-# Recursive indicators (RSI, MACD, ATR, smoothing) are the hard case for a rolling buffer.
-JOB = {
-    "strategy": {
-        "name": "Serving Test", "modelType": "RANDOM_FOREST", "predictionTarget": "PRICE_DIRECTION",
-        "trainingDataset": "sp500_daily.csv", "modelPath": "serving-test", "confidenceThreshold": 0.52,
-        "trainingWindowDays": 365, "predictionHorizonMinutes": 1440, "realtimeMode": True,
-    },
-    "training": {
-        "hyperparameterOptimization": "NONE", "cvFolds": 2, "randomSeed": 3,
-        "modelParameters": {"n_estimators": 8, "max_depth": 3}, "overfittingDetection": False,
-    },
-    "features": {
-        "targetVariable": "direction", "featureColumns": ["rsi", "macd", "bb_position", "atr", "volume_ratio"],
-        "trainSplitRatio": 0.7, "validationSplitRatio": 0.15,
-    },
-    "indicators": [
-        {"name": "rsi", "type": "TECHNICAL", "calculationMethod": "RSI", "lookbackPeriod": 14,
-         "thresholds": {"lower": 30, "upper": 70}},
-        {"name": "macd", "type": "TECHNICAL", "calculationMethod": "MACD", "output": "macdhist",
-         "normalization": "ZSCORE"},
-        {"name": "bb_position", "type": "VOLATILITY", "calculationMethod": "BB_POSITION"},
-        {"name": "atr", "type": "VOLATILITY", "calculationMethod": "ATR", "normalization": "ROBUST"},
-        {"name": "volume_ratio", "type": "VOLUME", "calculationMethod": "VOLUME_RATIO", "smoothing": True,
-         "smoothingFactor": 0.3},
-    ],
-}
-
 # Where the streamed slice of the S&P 500 bars starts: deep inside the data,
 # so the batch features carry years of history that the stream never sees.
 STREAM_START = 3000
 STREAM_EXTRA = 40
-
-
-def job_config(**strategy):
-    job = copy.deepcopy(JOB)
-    job["strategy"].update(strategy)
-    return load_job_config(job)
-
-
-def bar_payloads(bars: pd.DataFrame) -> list[dict]:
-    return [{"timestamp": stamp.strftime("%Y-%m-%d"), **{name: float(row[name]) for name in
-             ("open", "high", "low", "close", "volume")}} for stamp, row in bars.iterrows()]
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +44,12 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def registry(data_dir, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("registry")
-    train_job(job_config(), registry_dir=folder, base_dir=data_dir, progress=False, strategy_key="serving-test")
-    return folder
+    return train_tiny_model(data_dir, tmp_path_factory.mktemp("registry"))
 
 
 @pytest.fixture(scope="module")
 def model(registry):
-    return ServedModel.load(registry, "serving-test")
+    return ServedModel.load(registry, STRATEGY_KEY)
 
 
 @pytest.fixture(scope="module")
@@ -262,16 +222,16 @@ def test_changed_result_file_is_not_served(registry, tmp_path):
 
     copied = tmp_path / "registry"
     shutil.copytree(registry, copied)
-    result_path = copied / "serving-test" / "1" / "result.json"
+    result_path = copied / STRATEGY_KEY / "1" / "result.json"
     result = json.loads(result_path.read_text())
     result["config"]["strategy"]["confidenceThreshold"] = 0.99
     result_path.write_text(json.dumps(result))
     with pytest.raises(TamperedArtifactError, match="result.json"):
-        ServedModel.load(copied, "serving-test")
+        ServedModel.load(copied, STRATEGY_KEY)
 
 
 def test_model_description_names_version_classes_and_metrics(model, registry):
-    metadata = json.loads((registry / "serving-test" / "1" / "metadata.json").read_text())
+    metadata = json.loads((registry / STRATEGY_KEY / "1" / "metadata.json").read_text())
     described = model.describe()
     assert described["sha256"] == metadata["modelSha256"]
     assert described["classes"] == [0, 1]
