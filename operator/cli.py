@@ -13,7 +13,7 @@ import sys
 
 # Modules that add subcommands, in the order they appear in --help.
 COMMAND_MODULES: tuple[str, ...] = ("commands_workbook", "commands_features", "commands_operator",
-                                     "commands_train")
+                                     "commands_train", "commands_serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
