@@ -24,6 +24,9 @@ from quanttrain.trainer.models import (
 
 torch.set_num_threads(1)
 
+# SVC(probability=True) is deprecated since scikit-learn 1.9; the factory notes why it still uses it.
+pytestmark = pytest.mark.filterwarnings("ignore:The `probability` parameter was deprecated:FutureWarning")
+
 MODEL_TYPES = ["RANDOM_FOREST", "XGB", "SVM", "LSTM"]
 # Small, fast settings per model type, so each fit takes well under a second.
 FAST_PARAMETERS = {

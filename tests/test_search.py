@@ -27,6 +27,9 @@ from quanttrain.trainer.search import (
 
 torch.set_num_threads(1)
 
+# SVC(probability=True) is deprecated since scikit-learn 1.9; the factory notes why it still uses it.
+pytestmark = pytest.mark.filterwarnings("ignore:The `probability` parameter was deprecated:FutureWarning")
+
 FOLDS = 3
 TREE_SPACE = {"n_estimators": [5, 10], "max_depth": {"low": 2, "high": 5}}
 
