@@ -8,11 +8,14 @@ import threading
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
 
 from quanttrain.trainer.config import load_job_config
 from quanttrain.trainer.features import make_feature_scaler
 from quanttrain.trainer.models import make_estimator
-from quanttrain.trainer.registry import ModelRegistry, RegistryError, TamperedArtifactError
+from quanttrain.trainer.registry import ModelRegistry, RegistryError, TamperedArtifactError, sha256_file
 
 FEATURES = ["rsi", "momentum", "volume_ratio"]
 
@@ -165,3 +168,40 @@ def test_unknown_strategy_error_lists_known_ones(tmp_path):
     registry.save("registry-test", pipeline, metadata=METADATA)
     with pytest.raises(RegistryError, match="registered strategies: registry-test"):
         registry.load("other")
+
+
+class _Untrusted(BaseEstimator, TransformerMixin):
+    """A transformer from outside the registry's trusted types."""
+
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        return X
+
+
+def test_save_rejects_untrusted_types(tmp_path):
+    X, y = _data()
+    pipeline = Pipeline([("custom", _Untrusted()), ("model", LogisticRegression())]).fit(X, y)
+    with pytest.raises(RegistryError, match="_Untrusted"):
+        ModelRegistry(tmp_path).save("registry-test", pipeline, metadata=METADATA)
+    assert not (tmp_path / "registry-test" / "1").exists()
+
+
+def test_load_rejects_swapped_file_with_untrusted_types(tmp_path):
+    import skops.io
+
+    pipeline, _ = _fitted("RANDOM_FOREST", n_estimators=5)
+    registry = ModelRegistry(tmp_path)
+    registry.save("registry-test", pipeline, metadata=METADATA)
+    version = tmp_path / "registry-test" / "1"
+    X, y = _data()
+    skops.io.dump(Pipeline([("custom", _Untrusted()), ("model", LogisticRegression())]).fit(X, y),
+                  version / "model.skops")
+    # An attacker who can also rewrite metadata.json passes the sha256 check; the type check still holds.
+    metadata = json.loads((version / "metadata.json").read_text())
+    metadata["artifacts"]["model.skops"]["sha256"] = sha256_file(version / "model.skops")
+    (version / "metadata.json").write_text(json.dumps(metadata))
+
+    with pytest.raises(TamperedArtifactError, match="not trusted"):
+        registry.load("registry-test")

@@ -67,7 +67,8 @@ TRUSTED_TYPES = frozenset({
     "quanttrain.trainer.features.FeatureScaler",
 })
 
-_STRATEGY_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# An MLTrainingJob name (DNS-1123 subdomain), which also keeps the folder name free of "/" and "..".
+_STRATEGY_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _ALIAS_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _LIBRARIES = ("numpy", "pandas", "scikit-learn", "xgboost", "torch", "skops", "ta-lib", "quanttrain")
 
@@ -337,7 +338,7 @@ def _check_strategy(strategy: str) -> None:
     if not _STRATEGY_PATTERN.match(strategy or ""):
         raise RegistryError(
             f"invalid strategy name {strategy!r} in the registry: use the strategy's Kubernetes name "
-            "(lower-case letters, digits and hyphens)"
+            "(lower-case letters, digits, '-' and '.', starting and ending with a letter or digit)"
         )
 
 
