@@ -41,6 +41,12 @@ class BenchEmulator(ClusterEmulator):
 TARGETS = {"latency_median_s": 0.5, "burst_s": 30.0, "peak_rss_mb": 150.0, "start_s": 2.0}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -90,7 +96,11 @@ async def run(latency_jobs: int, burst_jobs: int) -> dict[str, float]:
             process, start_s = await start_operator(emulator, Path(workdir))
             try:
                 latencies = await measure_latency(emulator, controller, latency_jobs)
+                operator_cpu = cpu_seconds(process.pid)
+                own_cpu = time.process_time()
                 burst_s = await measure_burst(emulator, controller, burst_jobs)
+                operator_cpu = cpu_seconds(process.pid) - operator_cpu
+                own_cpu = time.process_time() - own_cpu
                 rss = peak_rss_mb(process.pid)
             finally:
                 process.terminate()
@@ -101,8 +111,17 @@ async def run(latency_jobs: int, burst_jobs: int) -> dict[str, float]:
         "latency_median_s": statistics.median(ordered),
         "latency_p95_s": ordered[max(0, round(0.95 * len(ordered)) - 1)],
         "burst_s": burst_s,
+        "burst_operator_cpu_s": operator_cpu,
+        "burst_emulator_cpu_s": own_cpu,
         "peak_rss_mb": rss,
     }
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
 
 
 def main() -> int:
@@ -112,7 +131,7 @@ def main() -> int:
     args = parser.parse_args()
     results = asyncio.run(run(args.latency_jobs, args.burst_jobs))
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     for key, value in results.items():
         target = TARGETS.get(key)
         verdict = "" if target is None else f"  (target {target:g}: {'met' if value <= target else 'MISSED'})"

@@ -46,12 +46,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-# Where a pod finds the namespace it runs in.
+# File with the namespace of the pod that reads it.
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 def default_namespace() -> str:
-    """The pod's own namespace in a cluster, else the current kubeconfig context's, else ``default``."""
+    """Return the pod's own namespace in a cluster, else the current kubeconfig context's, else ``default``."""
     if os.path.exists(SERVICE_ACCOUNT_NAMESPACE):
         with open(SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as file:
             return file.read().strip() or "default"

@@ -240,7 +240,12 @@ def resource_errors(resource: dict[str, Any], crd: dict[str, Any] | None = None)
 def _json_path(parts) -> str:
     text = ""
     for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif text:
+            text += f".{part}"
+        else:
+            text = str(part)
     return text or "(root)"
 
 

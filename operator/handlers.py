@@ -127,7 +127,7 @@ def pods_by_owner(namespace: str, labels: Mapping[str, str], body: kopf.Body, **
 
 @kopf.index("", "v1", "configmaps", labels=CHILD_LABELS)
 def launched_specs(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Key, Any] | None:
-    """The spec each job was launched with, from its ConfigMap."""
+    """Index the spec each job was launched with, read from its ConfigMap."""
     owner = labels.get(api.LABEL_JOB_NAME)
     text = (body.get("data") or {}).get(manifests.JOB_FILE_NAME)
     if not owner or not text:

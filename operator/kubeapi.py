@@ -4,7 +4,7 @@ kopf watches and patches the MLTrainingJobs; this client creates, reads,
 patches and deletes the children, and writes the status.  It reuses the
 credentials from kopf's login (:class:`kopf.ConnectionInfo`), so both talk to the
 same server as the same user, and it raises :class:`ApiError`, whose
-``temporary`` flag tells the handlers whether a retry can help.
+``temporary`` flag marks the errors that a retry can fix.
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ def _metadata(job: JobIdentity, name: str, component: str) -> dict[str, Any]:
 
 
 def build_configmap(job: JobIdentity, raw_spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The MLTrainingJob itself (name, namespace, uid, spec) as ``job.yaml``, which the trainer reads."""
+    """Build the ConfigMap with the MLTrainingJob itself (name, namespace, uid, spec) as ``job.yaml``, the trainer's input."""
     document = {
         "apiVersion": api.API_VERSION,
         "kind": api.KIND,
@@ -138,7 +138,7 @@ def build_configmap(job: JobIdentity, raw_spec: Mapping[str, Any]) -> dict[str, 
 
 
 def build_service(job: JobIdentity, settings: OperatorSettings) -> dict[str, Any]:
-    """Headless Service that gives each pod the DNS name ``<job>-<index>.<service>``, ready or not."""
+    """Build the headless Service that gives each pod the DNS name ``<job>-<index>.<service>``, ready or not."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -158,14 +158,14 @@ def node_count(spec: MLTrainingJobSpec) -> int:
 
 
 def active_deadline_seconds(spec: MLTrainingJobSpec, settings: OperatorSettings) -> int:
-    """The run policy's deadline, or the training budget plus the operator's margin."""
+    """Return the run policy's deadline, or the training budget plus the operator's margin."""
     if spec.run_policy.active_deadline_seconds is not None:
         return spec.run_policy.active_deadline_seconds
     return spec.training.max_training_time_minutes * 60 + settings.deadline_margin_seconds
 
 
 def mutable_job_fields(spec: MLTrainingJobSpec, settings: OperatorSettings) -> dict[str, Any]:
-    """The Job fields that follow the spec after launch (a JSON merge patch of the Job's spec)."""
+    """Return the Job fields that follow the spec after launch (a JSON merge patch of the Job's spec)."""
     return {
         "suspend": spec.run_policy.suspend,
         "activeDeadlineSeconds": active_deadline_seconds(spec, settings),
@@ -174,7 +174,7 @@ def mutable_job_fields(spec: MLTrainingJobSpec, settings: OperatorSettings) -> d
 
 
 def build_job(job: JobIdentity, spec: MLTrainingJobSpec, settings: OperatorSettings) -> dict[str, Any]:
-    """The Indexed Job: one pod per node, all retried together under the run policy."""
+    """Build the Indexed Job: one pod per node, all retried together under the run policy."""
     nodes = node_count(spec)
     metadata = _metadata(job, job.name, "trainer")
     if KUEUE_QUEUE_LABEL in job.labels:
@@ -194,8 +194,11 @@ def build_job(job: JobIdentity, spec: MLTrainingJobSpec, settings: OperatorSetti
 
 
 def applied_run_policy_annotation(fields: Mapping[str, Any]) -> dict[str, str]:
-    """Record what the operator set, so that a later change of the spec is told apart from
-    another controller's change of the Job (Kueue suspends and resumes Jobs itself)."""
+    """Record what the operator set on the Job.
+
+    A later change of the spec is then distinguished from another controller's change of the Job,
+    because Kueue suspends and resumes Jobs itself.
+    """
     return {APPLIED_RUN_POLICY_KEY: json.dumps(dict(fields), sort_keys=True)}
 
 
@@ -256,9 +259,9 @@ def trainer_command(job: JobIdentity, spec: MLTrainingJobSpec, settings: Operato
     if not spec.distributed.enabled:
         return ["python", "-m", "quanttrain.trainer", *trainer_args]
     endpoint = f"{job.name}-0.{service_name(job.name)}.{job.namespace}.svc:{settings.rendezvous_port}"
-    # NOTE: torchrun exits with code 1 when a worker fails, whatever the worker's own
-    # exit code, so the pod failure policy's permanent codes take effect on single-node
-    # runs only; a distributed job with a bad config fails after backoffLimit retries.
+    # NOTE: torchrun exits with code 1 when a worker fails, whatever the worker's own exit code.
+    # So the pod failure policy's permanent codes take effect on single-node runs only, and a
+    # distributed job with a bad config fails after backoffLimit retries.
     return [
         "torchrun",
         f"--nnodes={node_count(spec)}",
@@ -363,7 +366,7 @@ def _volume(name: str, source: VolumeSource, *, host_path_type: str) -> dict[str
 
 
 def build_pod_group(job: JobIdentity, spec: MLTrainingJobSpec) -> dict[str, Any]:
-    """A Volcano PodGroup, so that the scheduler starts all pods of a distributed job together or none."""
+    """Build a Volcano PodGroup, so that the scheduler starts all pods of a distributed job together or none."""
     metadata = _metadata(job, job.name, "trainer")
     return {
         "apiVersion": POD_GROUP_API_VERSION,
@@ -376,7 +379,7 @@ def build_pod_group(job: JobIdentity, spec: MLTrainingJobSpec) -> dict[str, Any]
 def build_children(
     job: JobIdentity, spec: MLTrainingJobSpec, raw_spec: Mapping[str, Any], settings: OperatorSettings
 ) -> list[dict[str, Any]]:
-    """Every child, in creation order: the ConfigMap and the Service exist before any pod starts."""
+    """Build every child, in creation order: the ConfigMap and the Service exist before any pod starts."""
     children = [build_configmap(job, raw_spec), build_service(job, settings)]
     if settings.gang_scheduling and node_count(spec) > 1:
         children.append(build_pod_group(job, spec))

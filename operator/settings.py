@@ -67,7 +67,7 @@ class OperatorSettings(BaseModel):
     api_backoff_seconds: float = Field(
         default=1.0, gt=0, description="First retry delay after a temporary API error; doubles on each retry."
     )
-    api_max_backoff_seconds: float = Field(default=60.0, gt=0, description="Longest retry delay.")
+    api_max_backoff_seconds: float = Field(default=60.0, gt=0, description="Maximum retry delay.")
     api_timeout_seconds: float = Field(default=30.0, gt=0, description="Timeout of one API request.")
     namespace_scanning: bool = Field(
         default=False,
@@ -75,7 +75,7 @@ class OperatorSettings(BaseModel):
         "new namespaces are noticed; needs RBAC to list and watch namespaces and CRDs.",
     )
     resync_seconds: float = Field(
-        default=60.0, gt=0, description="Longest time between two status checks of a running job, without any event."
+        default=60.0, gt=0, description="Maximum time between two status checks of a running job without any event."
     )
 
     @field_validator("trainer_image_pull_secrets", mode="before")

@@ -1,4 +1,4 @@
-"""Pure status logic: what an MLTrainingJob's ``status`` should say, given what the cluster shows.
+"""Pure status logic: the ``status`` of an MLTrainingJob, derived from what the cluster shows.
 
 Nothing here performs I/O.  The handlers collect small facts about the Job and
 its pods (:class:`JobFacts`, :class:`PodFacts`), call :func:`desired_status`
@@ -35,8 +35,8 @@ TRAINER_CONTAINER = "trainer"
 COMPLETION_INDEX_KEY = "batch.kubernetes.io/job-completion-index"
 # Annotation on the Job with the run policy fields the operator last applied (JSON).
 APPLIED_RUN_POLICY_KEY = "quanttrain.io/applied-run-policy"
-# Longest trainer message copied into status.message; the termination message
-# itself is capped at 4096 bytes, and a log tail can be noisy.
+# Maximum length of a trainer message copied into status.message; the termination
+# message itself is capped at 4096 bytes, and a log tail can be noisy.
 MAX_MESSAGE_CHARS = 1024
 
 
@@ -84,7 +84,7 @@ class Condition(CamelModel):
     """A Kubernetes-style condition."""
 
     type: ConditionType = Field(description="Condition type.")
-    status: Literal["True", "False", "Unknown"] = Field(description="Whether the condition holds.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True when the condition holds, False when not, Unknown when undetermined.")
     reason: str = Field(min_length=1, description="Machine-readable reason in CamelCase.")
     message: str = Field(default="", description="Human-readable detail.")
     last_transition_time: str = Field(
@@ -120,7 +120,7 @@ class MLTrainingJobStatus(CamelModel):
 
 @dataclasses.dataclass(frozen=True)
 class PodFacts:
-    """What the status needs to know about one trainer pod."""
+    """Facts about one trainer pod that the status depends on."""
 
     name: str
     index: int | None
@@ -137,7 +137,7 @@ class PodFacts:
 
 @dataclasses.dataclass(frozen=True)
 class JobFacts:
-    """What the status needs to know about the batch/v1 Job."""
+    """Facts about the batch/v1 Job that the status depends on."""
 
     name: str
     suspended: bool
@@ -212,7 +212,7 @@ def job_facts(job: Mapping[str, Any]) -> JobFacts:
 
 
 def _applied_fields(job: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The run policy fields the operator last applied, from the annotation; the Job's values without one."""
+    """Return the run policy fields the operator last applied, from the annotation, else the Job's values."""
     text = ((job.get("metadata") or {}).get("annotations") or {}).get(APPLIED_RUN_POLICY_KEY)
     try:
         applied = json.loads(text) if text else None

@@ -61,7 +61,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     """The emulator with server-side metadata and change notifications."""
 
     # kmock matches each request against every earlier one (for slices such as ``[:1]``),
-    # which grows quadratically; a benchmark that injects no errors turns the history off.
+    # so the cost grows quadratically. A benchmark that injects no errors turns the history off.
     keep_history = True
 
     def __attrs_post_init__(self) -> None:
@@ -84,7 +84,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         created = self._new_object_key(request)
         try:
             response = await super()._handle(request)
-            if created is not None:  # stored even when an injected error answers the request
+            if created is not None:  # stored even when the response is an injected error
                 self.creations[created] += 1
             return response
         finally:
@@ -96,7 +96,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         metadata = request.data.get("metadata") or {}
         key = (request.resource, metadata.get("namespace"), metadata.get("name"))
         if key in self.objects and not self.objects[key].deleted:
-            return None  # the emulator answers 409
+            return None  # the emulator responds with 409
         return (*_resource_key(request.resource), metadata.get("namespace"), metadata.get("name"))
 
     def _complete(self, request: kmock.Request) -> None:
@@ -116,7 +116,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     def _complete_patch(self, request: kmock.Request) -> None:
         key = (request.resource, request.namespace, request.name)
         if key not in self.objects or self.objects[key].deleted:
-            return  # the emulator answers 404 itself
+            return  # the emulator responds with 404 itself
         current = self.objects[key].raw
         version = str(next(self._versions))
         if isinstance(request.data, list):
@@ -167,10 +167,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return self.objects[key].raw
 
     def stored_all(self, resource: str, namespace: str) -> list[dict[str, Any]]:
-        wanted = kmock.resource(resource)
+        expected = kmock.resource(resource)
         return [
             obj.raw for (res, ns, _), obj in self.objects.items()
-            if res == wanted and ns == namespace and not obj.deleted
+            if res == expected and ns == namespace and not obj.deleted
         ]
 
     def created_count(self, resource: str, namespace: str, name: str) -> int:

@@ -242,7 +242,7 @@ async def test_conflict_on_create_reads_the_existing_job(emulator, operator, con
 
 @pytest.mark.parametrize("error", [429, 500])
 async def test_api_errors_are_retried(emulator, operator, controller, error):
-    # NB: the emulator stores the object before it answers with the injected error, so the retry meets a 409.
+    # NB: the emulator stores the object before it responds with the injected error, so the retry gets a 409.
     emulator["post", kmock.resource("v1/configmaps")][:1] << error
     emulator["patch", kmock.resource("quanttrain.io/v1alpha1/mltrainingjobs"), kmock.subresource("status")][:1] << error
     await launched(emulator, controller, "rf")
