@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -17,6 +16,7 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 from serving_fixtures import STRATEGY_KEY, bar_payloads, train_tiny_model
 
+from quanttrain.operator.cli import main
 from quanttrain.trainer.data import load_bars
 from quanttrain.trainer.market_data import export_market_data
 from quanttrain.trainer.serve_app import create_app
@@ -279,24 +279,32 @@ def _wait_for_health(port: int, process: subprocess.Popen) -> dict:
     raise AssertionError("serve did not answer /healthz within 45 s")
 
 
-def test_serve_command_reports_an_unknown_strategy(registry):
-    result = subprocess.run([sys.executable, "-m", "quanttrain.operator.cli", "serve", "--registry", str(registry),
-                             "--strategy", "no-such-strategy"], capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    assert result.returncode == 2
-    assert "no model of strategy 'no-such-strategy'" in result.stderr
+def test_serve_command_reports_an_unknown_strategy(registry, capsys):
+    status = main(["serve", "--registry", str(registry), "--strategy", "no-such-strategy"])
+    assert status == 2
+    assert "no model of strategy 'no-such-strategy'" in capsys.readouterr().err
 
 
-def test_serve_help_names_the_trainer_extra():
-    result = subprocess.run([sys.executable, "-m", "quanttrain.operator.cli", "serve", "--help"],
-                            capture_output=True, text=True, timeout=60, check=True)
-    assert "quanttrain[trainer]" in result.stdout
+def test_serve_help_names_the_trainer_extra(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "quanttrain[trainer]" in capsys.readouterr().out
 
 
-def test_serve_without_the_trainer_extra_names_it(registry):
+def test_serve_without_the_trainer_extra_names_it(registry, monkeypatch, capsys):
     # A None entry in sys.modules makes importing that module fail as if it were not installed.
-    script = ("import sys; sys.modules['talib'] = None; from quanttrain.operator.cli import main; "
-              f"sys.exit(main(['serve', '--registry', {str(registry)!r}, '--strategy', 'Serving Test']))")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2
-    assert "pip install 'quanttrain[trainer]'" in result.stderr
+    monkeypatch.delitem(sys.modules, "quanttrain.trainer.serve_app")
+    monkeypatch.setitem(sys.modules, "aiohttp", None)
+    status = main(["serve", "--registry", str(registry), "--strategy", STRATEGY_KEY])
+    assert status == 2
+    assert "pip install 'quanttrain[trainer]'" in capsys.readouterr().err
+
+
+def test_serve_on_a_busy_port_exits_with_the_reason(registry, capsys):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        status = main(["serve", "--registry", str(registry), "--strategy", STRATEGY_KEY, "--port", str(port)])
+    assert status == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

@@ -17,9 +17,9 @@ Routes:
     message per bar: a prediction, a ``pending`` note while the connection's
     buffer warms up, or an error.  Each connection has its own buffer.
 
-Invalid input answers 400 (or an ``error`` message on the WebSocket, which
-stays open) listing every bad field with its value and the fix; nothing of
-an invalid request is applied.  Errors are logged with their reason, never
+Invalid input gets status 400 (or an ``error`` message on the WebSocket,
+which stays open) that lists every bad field with its value and the fix.
+Nothing of an invalid request is applied.  Errors are logged with their reason, never
 with the request body.  Prediction runs in a worker thread, so a long
 request does not stall the other connections.
 """
@@ -190,6 +190,10 @@ def _log_rejected(request: web.Request, error: BarError) -> None:
 
 def run_server(model: ServedModel, host: str, port: int) -> None:
     """Serve ``model`` until interrupted (Ctrl-C or SIGTERM)."""
-    logger.info("serving %s version %s on http://%s:%d (warm-up %d bars)", model.strategy, model.version,
-                host, port, model.warmup_bars)
-    web.run_app(create_app(model), host=host, port=port, print=None, access_log=logger)
+
+    def announce(_: str) -> None:
+        # aiohttp calls this once the socket is bound, so the line appears only when serving works.
+        logger.info("serving %s version %s on http://%s:%d (warm-up %d bars)", model.strategy, model.version,
+                    host, port, model.warmup_bars)
+
+    web.run_app(create_app(model), host=host, port=port, print=announce, access_log=logger)
