@@ -216,7 +216,8 @@ def test_lstm_ignores_checkpoint_of_other_data(tmp_path, caplog):
 
 
 @pytest.mark.parametrize(("name", "value"), [("hidden_size", 0), ("patience", 0), ("dropout", 1.0),
-                                             ("validation_fraction", 1.0), ("learning_rate", 0.0)])
+                                             ("validation_fraction", 1.0), ("learning_rate", 0.0),
+                                             ("num_threads", 0)])
 def test_lstm_rejects_invalid_parameter(name, value):
     X, y = lagged_sign_data(40)
 
@@ -229,6 +230,23 @@ def test_lstm_rejects_too_few_rows_for_validation():
 
     with pytest.raises(ValueError, match="too few"):
         small_lstm(validation_fraction=0.5, validation_gap=5).fit(X, y)
+
+
+def test_lstm_num_threads_applies_during_fit_only(monkeypatch):
+    X, y = lagged_sign_data(60)
+    seen = []
+    original = LSTMClassifier._train_epoch
+
+    def record_threads(self, *args):
+        seen.append(torch.get_num_threads())
+        return original(self, *args)
+
+    monkeypatch.setattr(LSTMClassifier, "_train_epoch", record_threads)
+    before = torch.get_num_threads()
+    small_lstm(max_epochs=1, num_threads=before + 1).fit(X, y)
+
+    assert seen == [before + 1]
+    assert torch.get_num_threads() == before
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback on machines without CUDA")
