@@ -110,10 +110,11 @@ class LSTMClassifier(ClassifierMixin, BaseEstimator):
         Epochs between checkpoints.
     num_threads : int or None, default=None
         PyTorch CPU threads during ``fit`` and ``predict_proba``, restored
-        afterwards; None keeps the process's setting.  PyTorch starts one
-        thread per visible core and ignores container CPU limits, and on a
-        busy machine the extra threads mostly wait: a 20-epoch fit on 252 rows
-        took 8.4 s with 2 threads and 0.55 s with 1 on a loaded 2-core machine.
+        afterwards; None keeps the process's setting.  PyTorch's default of
+        one thread per core does not follow a container's CPU quota, and on a
+        busy machine the extra threads mostly wait.  Measured on a loaded
+        2-core machine, a 20-epoch fit on 252 rows took 8.4 s with 2 threads
+        and 0.55 s with 1.
     """
 
     def __init__(self, hidden_size: int = 32, num_layers: int = 1, dropout: float = 0.0,
