@@ -244,13 +244,25 @@ async def _fail_launch(body: kopf.Body, reason: Reason, message: str, logger: lo
 
 
 @kopf.on.update(*RESOURCE, field="spec")
-def spec_changed(body: kopf.Body, status: kopf.Status, name: str, namespace: str, logger: logging.Logger, **_: Any) -> None:
-    if status.get("phase") in job_status.TERMINAL_PHASES:
-        message = f"the job has finished ({status['phase']}); spec changes have no effect. Delete and re-create it to train again"
-        kopf.event(body, type="Warning", reason=Reason.IMMUTABLE_FIELD.value, message=message)
-        logger.warning(message)
+async def spec_changed(
+    body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name: str, namespace: str, uid: str,
+    logger: logging.Logger, jobs_by_owner: kopf.Index, launched_specs: kopf.Index, **_: Any,
+) -> None:
+    """Wake the daemon of a running job; for a finished one, apply run policy changes (the TTL) or warn."""
+    key = (namespace, name)
+    if status.get("phase") not in job_status.TERMINAL_PHASES:
+        runtime.wake(key)
         return
-    runtime.wake((namespace, name))
+
+    job = _owned_job(jobs_by_owner.get(key, []), uid)
+    launched = next(iter(launched_specs.get(key, [])), None)
+    rejected = job_status.changed_paths(launched, dict(spec)) if launched is not None else ["spec"]
+    if job is not None and not rejected:
+        await _sync_job_fields(dict(body), job, logger)
+        return
+    message = f"the job has finished ({status['phase']}); spec changes have no effect. Delete and re-create it to train again"
+    kopf.event(body, type="Warning", reason=Reason.IMMUTABLE_FIELD.value, message=message)
+    logger.warning(message)
 
 
 def _is_unfinished(status: kopf.Status, **_: Any) -> bool:

@@ -440,8 +440,10 @@ def changed_paths(launched: Mapping[str, Any], current: Mapping[str, Any], prefi
         old, new = launched.get(key), current.get(key)
         if path in MUTABLE_SPEC_PATHS or old == new:
             continue
-        if isinstance(old, Mapping) and isinstance(new, Mapping):
-            found.extend(changed_paths(old, new, prefix=f"{path}."))
+        if isinstance(old, Mapping | None) and isinstance(new, Mapping | None):
+            # A section that is absent on one side compares as empty, so adding
+            # runPolicy.suspend to a spec without runPolicy is still a mutable change.
+            found.extend(changed_paths(old or {}, new or {}, prefix=f"{path}."))
         else:
             found.append(f"spec.{path}")
     return found

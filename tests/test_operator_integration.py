@@ -322,3 +322,29 @@ async def test_job_deleted_while_operator_down_is_not_recreated(emulator, kubeco
     assert condition(emulator, "rf", "Failed")["reason"] == "JobDeleted"
     assert "deleted before it finished" in final["message"]
     assert emulator.created_count(JOBS, NAMESPACE, "rf") == 1
+
+
+async def test_ttl_change_after_success_reaches_the_job(emulator, operator, controller):
+    await launched(emulator, controller, "rf")
+    pod = await controller.start_pod("rf", 0)
+    await controller.finish_pod(pod, 0, summary())
+    await controller.complete_job("rf", succeeded=1)
+    await wait_phase(emulator, "rf", "Succeeded")
+
+    await controller.patch(MLTJ, "rf", {"spec": {"runPolicy": {"ttlSecondsAfterFinished": 120}}})
+    await emulator.wait_for(lambda: emulator.stored(JOBS, NAMESPACE, "rf")["spec"].get("ttlSecondsAfterFinished") == 120,
+                            what="the new TTL on the Job")
+    assert status(emulator, "rf")["phase"] == "Succeeded"
+
+
+async def test_model_change_after_success_is_ignored(emulator, operator, controller):
+    job = await launched(emulator, controller, "rf")
+    pod = await controller.start_pod("rf", 0)
+    await controller.finish_pod(pod, 0, summary())
+    await controller.complete_job("rf", succeeded=1)
+    await wait_phase(emulator, "rf", "Succeeded")
+
+    await controller.patch(MLTJ, "rf", {"spec": {"strategy": {"modelType": "SVM"}}})
+    await emulator.wait_for(lambda: event_reasons(emulator, "rf").count("ImmutableField") == 1, what="a warning Event")
+    assert emulator.stored(JOBS, NAMESPACE, "rf")["spec"] == job["spec"]
+    assert status(emulator, "rf")["phase"] == "Succeeded"

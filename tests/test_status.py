@@ -230,3 +230,14 @@ def test_transitions_list_new_and_changed_conditions():
     before = desired({}, job=job())
     after = desired(before, job=job(active=1), pods=(pod(),))
     assert [c["type"] for c in status.transitions(before, after)] == ["Running"]
+
+
+def test_changed_paths_treat_a_missing_section_as_empty():
+    assert status.changed_paths({}, {"runPolicy": {"ttlSecondsAfterFinished": 60}}) == []
+    assert status.changed_paths({}, {"runPolicy": {"backoffLimit": 1}}) == ["spec.runPolicy.backoffLimit"]
+
+
+def test_changed_paths_report_a_scalar_replaced_by_a_list():
+    assert status.changed_paths({"features": {"featureColumns": ["a"]}}, {"features": {"featureColumns": "a"}}) == [
+        "spec.features.featureColumns"
+    ]
