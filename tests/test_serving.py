@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -238,3 +239,45 @@ def test_model_description_names_version_classes_and_metrics(model, registry):
     assert described["confidenceThreshold"] == 0.52
     assert described["metrics"]["accuracy"] == metadata["metrics"]["accuracy"]
     assert described["warmupBars"] == model.warmup_bars
+
+
+def test_sequence_model_predicts_from_its_input_window(model, sp500):
+    from quanttrain.trainer.lstm import LSTMClassifier
+
+    job = copy.deepcopy(JOB)
+    job["strategy"].update({"modelType": "LSTM", "featureConfiguration": {"sequenceLength": 5}})
+    config = load_job_config(job)
+    dataset = build_dataset(sp500, config)
+    # One epoch is enough: the test compares windows, not accuracy.
+    estimator = LSTMClassifier(hidden_size=4, sequence_length=5, max_epochs=1, patience=None, device="cpu",
+                               random_state=0).fit(dataset.X, dataset.y)
+    served = dataclasses.replace(model, estimator=estimator, config=config, context_rows=4)
+    window = sp500.iloc[STREAM_START:STREAM_START + served.warmup_bars + 10]
+    predictor = Predictor(served)
+    outcomes = [predictor.update(bar) for bar in parse_bars(bar_payloads(window))]
+    predicted = [outcome for outcome in outcomes if isinstance(outcome, Prediction)]
+    positions = [dataset.X.index.get_loc(pd.Timestamp(item.timestamp)) for item in predicted]
+    expected = [estimator.predict_proba(dataset.X.iloc[position - 4:position + 1])[-1] for position in positions]
+    actual = [[item.probabilities[name] for name in served.classes] for item in predicted]
+    assert len(predicted) == 11
+    np.testing.assert_allclose(actual, expected, atol=1e-6)
+
+
+def test_signal_target_sells_in_its_own_labels(model):
+    job = copy.deepcopy(JOB)
+    job["strategy"]["predictionTarget"] = "SIGNAL"
+    classes = ["BUY", "HOLD", "SELL"]
+    served = dataclasses.replace(model, config=load_job_config(job), classes=classes, labels=class_values(classes))
+    prediction = served.predictions(["2018-01-02"], np.array([[0.1, 0.2, 0.7]]))[0]
+    assert prediction.label == "SELL"
+    assert prediction.signal == -1
+    assert prediction.acted_on is True
+
+
+def test_volatility_target_has_no_signal(model):
+    job = copy.deepcopy(JOB)
+    job["strategy"]["predictionTarget"] = "VOLATILITY"
+    served = dataclasses.replace(model, config=load_job_config(job))
+    prediction = served.predictions(["2018-01-02"], np.array([[0.3, 0.7]]))[0]
+    assert prediction.signal is None
+    assert prediction.acted_on is True
