@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 
@@ -91,9 +92,10 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """Log in as kopf does with the client library (in-cluster or kubeconfig), and share the credentials."""
-    info = kopf.login_via_client(**kwargs)
+    # The client library reads files and may run an exec plugin: keep that off the event loop.
+    info = await asyncio.to_thread(functools.partial(kopf.login_via_client, **kwargs))
     if info is not None:
         runtime.client.configure(info)
     return info
