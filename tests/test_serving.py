@@ -31,7 +31,7 @@ from quanttrain.trainer.serving import (
 )
 
 # Where the streamed slice of the S&P 500 bars starts: deep inside the data,
-# so the batch features carry years of history that the stream never sees.
+# so the batch features carry years of history that the stream never has.
 STREAM_START = 3000
 STREAM_EXTRA = 40
 
@@ -107,7 +107,7 @@ def test_history_predictions_match_the_stream(model, streamed):
         assert batch_item.confidence == pytest.approx(stream_item.confidence, abs=1e-12)
 
 
-def test_warm_up_returns_pending_until_the_history_is_full(model, streamed):
+def test_warm_up_returns_pending_until_full(model, streamed):
     _, outcomes, _ = streamed
     pending = outcomes[:model.warmup_bars - 1]
     assert all(isinstance(outcome, Pending) for outcome in pending)
@@ -146,7 +146,7 @@ def test_history_shorter_than_the_warm_up_predicts_nothing(model, sp500):
     assert predictions == []
 
 
-def test_out_of_order_bar_is_rejected_and_not_buffered(model, sp500):
+def test_out_of_order_bar_is_rejected(model, sp500):
     payloads = bar_payloads(sp500.iloc[STREAM_START:STREAM_START + 3])
     predictor = Predictor(model)
     predictor.update(parse_bar(payloads[0]))
@@ -189,7 +189,7 @@ def test_bar_timestamp_with_offset_becomes_utc():
     assert bar.timestamp == pd.Timestamp("2018-01-02T08:00:00")
 
 
-def test_bars_out_of_order_in_one_list_name_the_position():
+def test_unordered_bars_name_the_position():
     payloads = [{"timestamp": day, "open": 1, "high": 1, "low": 1, "close": 1, "volume": 1}
                 for day in ("2018-01-03", "2018-01-02")]
     with pytest.raises(BarError) as caught:
@@ -205,7 +205,7 @@ def test_cumulative_indicator_cannot_be_served():
         required_history(load_job_config(job), 1440.0)
 
 
-def test_daily_update_frequency_on_minute_bars_adds_a_day_of_history():
+def test_daily_updates_add_a_day_of_history():
     job = copy.deepcopy(JOB)
     plain = required_history(load_job_config(job), 1.0)
     job["indicators"][0]["updateFrequencyMinutes"] = 1440
