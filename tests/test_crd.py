@@ -102,6 +102,13 @@ def test_schema_keeps_enums_ranges_and_descriptions(generated):
     assert "description" in strategy["trainingWindowDays"]
 
 
+def test_schema_keeps_scalar_defaults(generated):
+    training = openapi(generated)["properties"]["spec"]["properties"]["training"]["properties"]
+    assert training["cvFolds"]["default"] == 5
+    assert training["hyperparameterOptimization"]["default"] == "NONE"
+    assert "default" not in openapi(generated)["properties"]["spec"]["properties"]["image"]
+
+
 def test_exclusive_bounds_become_openapi_flags(generated):
     ratio = openapi(generated)["properties"]["spec"]["properties"]["features"]["properties"]["trainSplitRatio"]
     assert ratio["minimum"] == 0.0

@@ -101,12 +101,17 @@ async def test_children_exist_owned_and_labelled(emulator, operator, controller)
 
 async def test_pods_get_their_replica_index_label(emulator, operator, controller):
     await launched(emulator, controller, "rf")
+    foreign = {"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": "someone-else", "namespace": NAMESPACE,
+        "annotations": {"batch.kubernetes.io/job-completion-index": "0"}}, "spec": {"containers": []}}
+    await controller.create(PODS, foreign)
     pod = await controller.start_pod("rf", 0)
     labelled = await emulator.wait_for(
         lambda: emulator.stored(PODS, NAMESPACE, pod)["metadata"]["labels"].get("quanttrain.io/replica-index"),
         what="the replica-index label",
     )
     assert labelled == "0"
+    assert "labels" not in emulator.stored(PODS, NAMESPACE, "someone-else")["metadata"]
 
 
 async def test_distributed_job_uses_index_zero_summary(emulator, operator, controller):
