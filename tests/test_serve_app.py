@@ -149,6 +149,21 @@ async def test_predict_rejects_invalid_json(client):
 
 
 @pytest.mark.asyncio
+async def test_predict_rejects_bytes_that_are_not_utf8(client):
+    response = await client.post("/v1/predict", data=b'{"bars": "\xff"}', headers={"Content-Type": "application/json"})
+    assert response.status == 400
+    assert "not UTF-8" in (await response.json())["errors"][0]["message"]
+
+
+@pytest.mark.asyncio
+async def test_predict_rejects_an_oversized_body(client):
+    body = b'{"bars": [' + b" " * (32 * 1024 * 1024) + b"]}"
+    response = await client.post("/v1/predict", data=body, headers={"Content-Type": "application/json"})
+    assert response.status == 413
+    assert "larger than" in (await response.json())["error"]
+
+
+@pytest.mark.asyncio
 async def test_predict_rejects_a_body_without_bars(client):
     response = await client.post("/v1/predict", json={"candles": []})
     assert response.status == 400

@@ -281,3 +281,8 @@ def test_volatility_target_has_no_signal(model):
     prediction = served.predictions(["2018-01-02"], np.array([[0.3, 0.7]]))[0]
     assert prediction.signal is None
     assert prediction.acted_on is True
+
+
+def test_number_beyond_float_range_is_rejected():
+    with pytest.raises(BarError, match="not a number"):
+        parse_bar({"timestamp": "2018-01-02", "open": 10**400, "high": 1, "low": 1, "close": 1, "volume": 1})

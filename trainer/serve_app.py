@@ -82,7 +82,12 @@ async def describe_model(request: web.Request) -> web.Response:
 
 async def predict(request: web.Request) -> web.Response:
     model = request.app[MODEL_KEY]
-    text = await request.text()
+    try:
+        text = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        logger.warning("POST /v1/predict from %s rejected: body larger than %d bytes", request.remote, MAX_BODY_BYTES)
+        return web.json_response({"error": f"request body larger than {MAX_BODY_BYTES} bytes; send at most "
+                                           f"{MAX_REQUEST_BARS} bars per request"}, status=413)
     try:
         # Parsing a large body takes seconds too, so it runs in the worker thread with the prediction.
         bars, predictions, skipped = await asyncio.to_thread(_predict_body, model, text)
@@ -99,7 +104,7 @@ async def predict(request: web.Request) -> web.Response:
     })
 
 
-def _predict_body(model: ServedModel, text: str):
+def _predict_body(model: ServedModel, text: bytes):
     bars = parse_bars(_bars_field(_decode(text, "request body")))
     _check_length(len(bars), model)
     predictions, skipped = predict_history(model, bars)
@@ -140,13 +145,16 @@ async def _stream_reply(request: web.Request, predictor: Predictor, text: str) -
     return {"type": kind, **result.to_json()}
 
 
-def _decode(text: str, field: str) -> Any:
+def _decode(text: str | bytes, field: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise BarError([BarProblem(field, f"<{len(text)} characters>",
                                    f"is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); "
                                    "send a JSON object")]) from None
+    except UnicodeDecodeError as error:
+        raise BarError([BarProblem(field, f"<{len(text)} bytes>",
+                                   f"is not UTF-8 text ({error.reason} at byte {error.start}); send UTF-8 JSON")]) from None
 
 
 def _bars_field(body: Any) -> Any:

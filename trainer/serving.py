@@ -236,7 +236,7 @@ def _parse_number(value: Any, field: str, problems: list[BarProblem]) -> float:
         return math.nan
     try:
         number = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # float() of an integer beyond 1e308 overflows
         problems.append(BarProblem(field, value, "is not a number; send a JSON number such as 1234.5"))
         return math.nan
     if not math.isfinite(number):
