@@ -99,8 +99,7 @@ class KubeApi:
             self._session = None
 
     async def request(
-        self, method: str, path: str, *, body: Any = None, params: Mapping[str, str] | None = None,
-        content_type: str = "application/json",
+        self, method: str, path: str, *, body: Any = None, content_type: str = "application/json",
     ) -> Any:
         session, headers = self._connection()
         url = self._info.server.rstrip("/") + path  # keeps a path prefix of the server URL, if any
@@ -108,7 +107,7 @@ class KubeApi:
             headers["Content-Type"] = content_type
         data = json.dumps(body) if body is not None else None
         try:
-            async with session.request(method, url, data=data, params=params, headers=headers, ssl=self._ssl) as response:
+            async with session.request(method, url, data=data, headers=headers, ssl=self._ssl) as response:
                 text = await response.text()
                 if response.status >= 400:
                     raise ApiError(method, path, response.status, _error_message(text))
@@ -126,11 +125,6 @@ class KubeApi:
 
     async def get(self, path: str) -> dict[str, Any]:
         return await self.request("GET", path)
-
-    async def list(self, path: str, label_selector: str | None = None) -> list[dict[str, Any]]:
-        params = {"labelSelector": label_selector} if label_selector else None
-        result = await self.request("GET", path, params=params)
-        return list(result.get("items") or [])
 
     async def create(self, document: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request("POST", object_path(document, collection=True), body=document)

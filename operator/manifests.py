@@ -38,8 +38,6 @@ POD_GROUP_API_VERSION = "scheduling.volcano.sh/v1beta1"
 # Shared memory for torch's DataLoader workers and gloo; the container default is 64 MiB.
 SHM_SIZE_LIMIT = "1Gi"
 TMP_SIZE_LIMIT = "2Gi"
-# Job fields the operator changes on a running Job when the spec changes.
-MUTABLE_JOB_FIELDS = ("suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -63,9 +63,7 @@ class Reason(str, enum.Enum):
     """Condition reasons, and the reasons of the Events posted with them."""
 
     JOB_CREATED = "JobCreated"
-    PODS_PENDING = "PodsPending"
     PODS_RUNNING = "PodsRunning"
-    POD_FAILED = "PodFailed"
     TRAINING_SUCCEEDED = "TrainingSucceeded"
     TRAINING_FAILED = "TrainingFailed"
     GATE_FAILED = "GateFailed"
