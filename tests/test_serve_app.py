@@ -323,3 +323,11 @@ def test_serve_on_a_busy_port_exits_with_the_reason(registry, capsys):
         status = main(["serve", "--registry", str(registry), "--strategy", STRATEGY_KEY, "--port", str(port)])
     assert status == 1
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+@pytest.mark.asyncio
+async def test_stream_closes_on_an_oversized_message(client):
+    async with client.ws_connect("/v1/stream") as socket_client:
+        await socket_client.send_str("x" * (70 * 1024))
+        await socket_client.receive()
+    assert socket_client.close_code == 1009

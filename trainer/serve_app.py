@@ -83,14 +83,14 @@ async def describe_model(request: web.Request) -> web.Response:
 async def predict(request: web.Request) -> web.Response:
     model = request.app[MODEL_KEY]
     try:
-        text = await request.read()
+        body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         logger.warning("POST /v1/predict from %s rejected: body larger than %d bytes", request.remote, MAX_BODY_BYTES)
         return web.json_response({"error": f"request body larger than {MAX_BODY_BYTES} bytes; send at most "
                                            f"{MAX_REQUEST_BARS} bars per request"}, status=413)
     try:
         # Parsing a large body takes seconds too, so it runs in the worker thread with the prediction.
-        bars, predictions, skipped = await asyncio.to_thread(_predict_body, model, text)
+        bars, predictions, skipped = await asyncio.to_thread(_predict_body, model, body)
     except BarError as error:
         _log_rejected(request, error)
         return _error_response(error)
@@ -104,8 +104,8 @@ async def predict(request: web.Request) -> web.Response:
     })
 
 
-def _predict_body(model: ServedModel, text: bytes):
-    bars = parse_bars(_bars_field(_decode(text, "request body")))
+def _predict_body(model: ServedModel, body: bytes):
+    bars = parse_bars(_bars_field(_decode(body, "request body")))
     _check_length(len(bars), model)
     predictions, skipped = predict_history(model, bars)
     return bars, predictions, skipped
@@ -122,7 +122,7 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
             await socket.send_json(await _stream_reply(request, predictor, message.data))
         elif message.type is WSMsgType.BINARY:
             error = BarError([BarProblem("message", f"<{len(message.data)} bytes>",
-                                         "must be a text message holding one bar as a JSON object")])
+                                         "must be a text message containing one bar as a JSON object")])
             _log_rejected(request, error)
             await socket.send_json(_error_message(error))
         elif message.type is WSMsgType.ERROR:
