@@ -11,18 +11,18 @@ A :class:`Predictor` is one stream of bars.  It keeps the latest
 function training ran on the whole file.  Every feature is causal, so the row
 of the newest bar uses that bar and earlier ones only.
 
-How long is long enough?  Moving averages need ``timeperiod`` bars, but
+How long is long enough?  Moving averages need ``timeperiod`` bars.  But
 recursive indicators (EMA, RSI, ATR, MACD, smoothing) depend on every earlier
-bar with weights that decay geometrically, and Update Frequency keeps the value
-of the first bar of its period.  :func:`required_history` measures it: it
-computes the features of a seeded random walk at the model's bar interval
-once on all bars and once on the last ``n`` bars, and takes the smallest
-``n`` for which the last :data:`CHECK_ROWS` rows agree within
+bar, with weights that decay geometrically.  And Update Frequency keeps the
+value of the first bar of its period.  :func:`required_history` measures the
+need on a seeded random walk at the model's bar interval.  It computes the
+features once on all bars and once on the last ``n`` bars, and takes the
+smallest ``n`` for which the last :data:`CHECK_ROWS` rows agree within
 :data:`FEATURE_TOLERANCE` of each feature's spread.  Features that never
 agree (cumulative ones such as OBV or AD, whose level depends on where the
 data starts) cannot be served, and loading the model fails with their names.
 
-A bar is predicted once the stream holds ``warmup_bars`` bars: the history,
+A bar is predicted once the stream contains ``warmup_bars`` bars: the history,
 plus for an LSTM the ``sequence_length - 1`` earlier feature rows of its
 input window.
 """
@@ -116,7 +116,7 @@ class Prediction:
     ``label`` is the most probable class in the labels of the training data
     (0/1, -1/+1, BUY/HOLD/SELL).  ``signal`` is the position the backtest
     would take (+1 long, -1 short, 0 none), None for a VOLATILITY target,
-    which has no direction.  ``acted_on`` tells whether the signal would be
+    which has no direction.  ``acted_on`` is whether the signal would be
     traded: a non-zero signal, or for VOLATILITY a confidence at or above
     the threshold.
     """
