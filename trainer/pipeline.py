@@ -331,9 +331,15 @@ class _Run:
     # -- 4. fit -----------------------------------------------------------------
 
     def fit(self, fit: _Segment, params: dict[str, Any], dataset):
-        from quanttrain.trainer.ddp_lstm import prepare_final_fit
+        from quanttrain.trainer import distributed
 
-        estimator = prepare_final_fit(self.estimator_factory(dataset)(params), self.checkpoint_dir)
+        estimator = self.estimator_factory(dataset)(params)
+        # ddp_lstm imports torch (a second or more), which only the LSTM and torchrun jobs need;
+        # for any other model outside torchrun prepare_final_fit returns the pipeline unchanged.
+        if self.config.strategy.model_type is ModelType.LSTM or distributed.current_context().is_distributed:
+            from quanttrain.trainer.ddp_lstm import prepare_final_fit
+
+            estimator = prepare_final_fit(estimator, self.checkpoint_dir)
         if estimator is None:
             return None  # under torchrun, models other than the LSTM train on rank 0 alone
         with self.progress.step(f"fitting the model on {len(fit.y)} rows with {params or 'default parameters'}"):
@@ -341,10 +347,10 @@ class _Run:
 
     def checkpoint_folder(self, registry_dir: Path) -> Path | None:
         """The LSTM's checkpoint folder on the registry volume when Checkpoint is on, else None."""
-        from quanttrain.trainer.ddp_lstm import checkpoint_directory
-
         if not self.config.training.checkpoint:
             return None
+        from quanttrain.trainer.ddp_lstm import checkpoint_directory
+
         return checkpoint_directory(registry_dir, self.strategy_key, config_sha256(self.config))
 
     # -- 5. evaluation and backtest ----------------------------------------------
