@@ -9,6 +9,7 @@ stop or kill only the second one.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -197,6 +198,15 @@ def _wait_for_checkpoint(registry: Path, minimum_epoch: int, nodes: list[Node], 
     pytest.fail(f"no checkpoint of epoch {minimum_epoch} or later appeared under {registry} in {timeout} s")
 
 
+def _failure_logged_at(node: Node) -> float:
+    """The time at which the node's worker logged a distributed failure; fails the test when it did not."""
+    for line in node.log().splitlines():
+        if "distributed training failed while" in line:
+            # The trainer logs local time as "2026-01-02 03:04:05,678" at the start of each line.
+            return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    pytest.fail(f"node {node.label} logged no distributed failure:\n{node.log()[-3000:]}")
+
+
 def _primary(nodes: list[Node]) -> Node:
     primaries = [node for node in nodes if "as rank 0/2" in node.log()]
     assert len(primaries) == 1, "exactly one node must run rank 0"
@@ -224,12 +234,11 @@ def test_lost_node_fails_then_restart_resumes(workdir, cluster):
     nodes = cluster(spec, ("a1", "b1"), run_id)
     saved_epoch = _wait_for_checkpoint(workdir / "registry", 4, nodes)
 
-    killed_at = time.monotonic()
+    killed_at = time.time()
     nodes[1].signal(signal.SIGKILL)
     survivor_code = nodes[0].wait()
     assert survivor_code != 0
-    assert time.monotonic() - killed_at < COLLECTIVE_TIMEOUT + 30
-    assert "distributed training failed while" in nodes[0].log()
+    assert _failure_logged_at(nodes[0]) - killed_at < COLLECTIVE_TIMEOUT + 10
     assert not nodes[0].output.exists()
     assert not nodes[1].output.exists()
 
@@ -306,14 +315,11 @@ def test_hung_rank_fails_within_timeout(workdir, cluster):
     nodes = cluster(spec, ("hang-a", "hang-b"))
     _wait_for_checkpoint(workdir / "registry", 2, nodes)
 
-    stopped_at = time.monotonic()
+    stopped_at = time.time()
     nodes[1].signal(signal.SIGSTOP)
-    code = nodes[0].wait(timeout=COLLECTIVE_TIMEOUT + 60)
-    elapsed = time.monotonic() - stopped_at
+    code = nodes[0].wait()
     nodes[1].signal(signal.SIGKILL)
 
     assert code != 0
-    assert elapsed < COLLECTIVE_TIMEOUT + 45
-    log = nodes[0].log()
-    assert "distributed training failed while" in log
-    assert f"collective timeout {COLLECTIVE_TIMEOUT} s" in log
+    assert _failure_logged_at(nodes[0]) - stopped_at < COLLECTIVE_TIMEOUT + 10
+    assert f"collective timeout {COLLECTIVE_TIMEOUT} s" in nodes[0].log()

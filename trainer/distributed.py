@@ -45,9 +45,12 @@ DEFAULT_TIMEOUT_SECONDS = 600.0
 # Environment variable that overrides the collective timeout (seconds) in pods.
 TIMEOUT_ENV = "QUANTTRAIN_COLLECTIVE_TIMEOUT_SECONDS"
 
-# Ranks wait on rank 0 at the end of a job while it evaluates and registers
-# the model, which can take far longer than one collective should.
-FINAL_WAIT_TIMEOUT_SECONDS = 6 * 3600.0
+# Timeout of waits that last as long as a piece of work: a search trial on
+# the slowest rank, or rank 0 evaluating and registering the model while the
+# others wait for its exit code.  It equals the largest Max Training Time
+# (7 days), because the Job's activeDeadlineSeconds ends a hung job sooner.
+# A rank that dies still fails these waits at once, when its connections close.
+LONG_WAIT_TIMEOUT_SECONDS = 7 * 24 * 3600.0
 
 # Words in the messages of gloo's and NCCL's RuntimeErrors about lost or silent peers.
 _COMMUNICATION_FAILURE = re.compile(
@@ -142,7 +145,7 @@ _SINGLE_PROCESS = DistributedContext()
 _active: DistributedContext = _SINGLE_PROCESS
 # Groups created at start-up: every rank must create them in the same order.
 _object_group: Any = None
-_final_group: Any = None
+_long_group: Any = None
 # Set once a collective failed: the group is unusable, so no rank waits on it again.
 _broken = False
 
@@ -180,7 +183,7 @@ def init_distributed(gpu: bool, timeout_seconds: float | None = None) -> Distrib
     ``timeout_seconds`` (default :func:`collective_timeout`) bounds every
     collective, so a dead rank raises :class:`DistributedError` within that time.
     """
-    global _active, _object_group, _final_group, _broken
+    global _active, _object_group, _long_group, _broken
     import torch
     import torch.distributed as dist
 
@@ -200,6 +203,8 @@ def init_distributed(gpu: bool, timeout_seconds: float | None = None) -> Distrib
 
     backend = "nccl" if use_cuda else "gloo"
     timeout = datetime.timedelta(seconds=timeout_seconds)
+    # Set before joining, so that a failure message names this rank.
+    _active = dataclasses.replace(context, backend=backend, device=device, timeout_seconds=timeout_seconds)
     with translate_errors("joining the process group"):
         if use_cuda:
             dist.init_process_group(
@@ -208,17 +213,16 @@ def init_distributed(gpu: bool, timeout_seconds: float | None = None) -> Distrib
         else:
             dist.init_process_group(backend, timeout=timeout)
         _object_group = dist.new_group(backend="gloo", timeout=timeout) if use_cuda else None
-        _final_group = dist.new_group(
-            backend="gloo", timeout=datetime.timedelta(seconds=FINAL_WAIT_TIMEOUT_SECONDS)
+        _long_group = dist.new_group(
+            backend="gloo", timeout=datetime.timedelta(seconds=LONG_WAIT_TIMEOUT_SECONDS)
         )
-    _active = dataclasses.replace(context, backend=backend, device=device, timeout_seconds=timeout_seconds)
     log.info("joined the process group as %s", _active.describe())
     return _active
 
 
 def shutdown() -> None:
     """Leave the process group; safe to call more than once and outside torchrun."""
-    global _active, _object_group, _final_group
+    global _active, _object_group, _long_group
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -229,7 +233,7 @@ def shutdown() -> None:
             log.warning("leaving the process group failed: %s", error)
     _active = _SINGLE_PROCESS
     _object_group = None
-    _final_group = None
+    _long_group = None
 
 
 @contextlib.contextmanager
@@ -279,27 +283,31 @@ def barrier(operation: str = "waiting for every rank") -> None:
             dist.barrier()
 
 
-def broadcast_object(value: Any, source: int = 0) -> Any:
-    """Return rank ``source``'s ``value`` on every rank (picklable objects only)."""
+def broadcast_object(value: Any, source: int = 0, *, long_wait: bool = False) -> Any:
+    """Return rank ``source``'s ``value`` on every rank (picklable objects only).
+
+    ``long_wait`` waits up to :data:`LONG_WAIT_TIMEOUT_SECONDS` instead of the
+    collective timeout, for ranks that wait while others do a long piece of work.
+    """
     import torch.distributed as dist
 
     if not _active.is_distributed:
         return value
     holder = [value if _active.rank == source else None]
     with translate_errors("broadcasting an object"):
-        dist.broadcast_object_list(holder, src=source, group=_object_group)
+        dist.broadcast_object_list(holder, src=source, group=_long_group if long_wait else _object_group)
     return holder[0]
 
 
-def all_gather_objects(value: Any) -> list[Any]:
-    """Return every rank's ``value``, ordered by rank, on every rank."""
+def all_gather_objects(value: Any, *, long_wait: bool = False) -> list[Any]:
+    """Return every rank's ``value``, ordered by rank, on every rank; ``long_wait`` as in :func:`broadcast_object`."""
     import torch.distributed as dist
 
     if not _active.is_distributed:
         return [value]
     gathered: list[Any] = [None] * _active.world_size
     with translate_errors("gathering results from every rank"):
-        dist.all_gather_object(gathered, value, group=_object_group)
+        dist.all_gather_object(gathered, value, group=_long_group if long_wait else _object_group)
     return gathered
 
 
@@ -332,17 +340,17 @@ def all_reduce_sum(values: list[float]) -> list[float]:
 def share_exit_code(code: int) -> int:
     """Return rank 0's exit code on every rank, so that all workers of a job exit alike.
 
-    The other ranks wait here (up to :data:`FINAL_WAIT_TIMEOUT_SECONDS`) while
+    The other ranks wait here (up to :data:`LONG_WAIT_TIMEOUT_SECONDS`) while
     rank 0 evaluates and registers the model.  When rank 0 cannot be reached,
     each rank keeps its own code, and after a failed collective no rank waits.
     """
     import torch.distributed as dist
 
-    if not _active.is_distributed or _final_group is None or _broken:
+    if not _active.is_distributed or _long_group is None or _broken:
         return code
     holder = [code if _active.is_primary else None]
     try:
-        dist.broadcast_object_list(holder, src=0, group=_final_group)
+        dist.broadcast_object_list(holder, src=0, group=_long_group)
     except (dist.DistError, RuntimeError) as error:
         log.warning("could not learn rank 0's exit code (%s); exiting with %d", error, code)
         return code

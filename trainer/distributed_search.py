@@ -61,13 +61,13 @@ class DistributedTrialRunner:
         self._n_jobs = n_jobs
 
     def __call__(self, batch: list[dict[str, Any]]) -> list[search_module.Trial]:
-        distributed.broadcast_object(_Batch(list(batch)))
+        distributed.broadcast_object(_Batch(list(batch)), long_wait=True)
         return _evaluate_share(batch, self._evaluate, self._n_jobs)
 
     def finish(self, result: Any = None, error: BaseException | None = None) -> None:
         """Send the search's outcome to the other ranks, releasing them from :func:`follow`."""
         text = None if error is None else f"{type(error).__name__}: {error}"
-        distributed.broadcast_object(_Outcome(result, text))
+        distributed.broadcast_object(_Outcome(result, text), long_wait=True)
 
 
 def distributed_trial_runner(
@@ -82,7 +82,8 @@ def distributed_trial_runner(
 def follow(evaluate: Evaluate, n_jobs: int = 1) -> Any:
     """Evaluate this rank's share of each batch rank 0 sends; return its result or raise its error."""
     while True:
-        message = distributed.broadcast_object(None)
+        # Waits while rank 0 gathers the previous batch and proposes the next one.
+        message = distributed.broadcast_object(None, long_wait=True)
         if isinstance(message, _Outcome):
             if message.error is not None:
                 raise PrimarySearchError(f"the search failed on rank 0: {message.error}")
@@ -95,7 +96,8 @@ def _evaluate_share(batch: list[dict[str, Any]], evaluate: Evaluate, n_jobs: int
     context = distributed.current_context()
     positions = list(range(context.rank, len(batch), context.world_size))
     local = search_module.run_locally([batch[index] for index in positions], evaluate, n_jobs) if positions else []
-    gathered = distributed.all_gather_objects(list(zip(positions, local)))
+    # Trials can outlast the collective timeout, so the gather waits as long as the slowest share takes.
+    gathered = distributed.all_gather_objects(list(zip(positions, local)), long_wait=True)
     ordered: list[Any] = [None] * len(batch)
     for pairs in gathered:
         for position, trial in pairs:
