@@ -139,6 +139,7 @@ class JobFacts:
 
     name: str
     suspended: bool
+    completions: int = 1
     active: int = 0
     succeeded: int = 0
     failed: int = 0
@@ -196,6 +197,7 @@ def job_facts(job: Mapping[str, Any]) -> JobFacts:
     return JobFacts(
         name=(job.get("metadata") or {}).get("name", ""),
         suspended=bool(spec.get("suspend")),
+        completions=int(spec.get("completions") or 1),
         active=int(status.get("active") or 0),
         succeeded=int(status.get("succeeded") or 0),
         failed=int(status.get("failed") or 0),
@@ -276,10 +278,10 @@ def _progress(status: dict[str, Any], seen: Observation) -> dict[str, Any]:
 
     running = [pod for pod in seen.pods if pod.phase == "Running" and not pod.deleting]
     failed = [pod for pod in seen.pods if pod.phase == "Failed"]
-    if running or job.active and job.start_time:
+    if running:
         status["phase"] = Phase.RUNNING.value
-        status.setdefault("startTime", _earliest_start(job, running) or seen.now)
-        message = f"{len(running)} of {max(len(running), job.active)} pods running"
+        status.setdefault("startTime", _earliest_start(running) or seen.now)
+        message = f"{len(running)} of {job.completions} pods running"
         if failed:
             message += f"; {len(failed)} failed pod(s) retried"
         _set_condition(status, seen, ConditionType.RUNNING, True, Reason.PODS_RUNNING, message)
@@ -415,9 +417,9 @@ def _index_zero(pods: tuple[PodFacts, ...], *, succeeded: bool) -> PodFacts | No
     return candidates[-1] if candidates else None
 
 
-def _earliest_start(job: JobFacts, running: list[PodFacts]) -> str | None:
+def _earliest_start(running: list[PodFacts]) -> str | None:
     starts = [pod.started_at for pod in running if pod.started_at]
-    return job.start_time or (min(starts) if starts else None)
+    return min(starts) if starts else None
 
 
 def _pod_order(pod: PodFacts) -> tuple[str, str]:

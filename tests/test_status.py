@@ -241,3 +241,13 @@ def test_changed_paths_report_a_scalar_replaced_by_a_list():
     assert status.changed_paths({"features": {"featureColumns": ["a"]}}, {"features": {"featureColumns": "a"}}) == [
         "spec.features.featureColumns"
     ]
+
+
+def test_active_but_pending_pods_keep_the_job_pending():
+    result = desired({}, job=job(active=2, start_time=NOW), pods=(pod(0, "Pending"), pod(1, "Pending")))
+    assert result["phase"] == "Pending"
+
+
+def test_running_message_counts_pods_of_all_nodes():
+    result = desired({}, job=job(active=2, completions=2), pods=(pod(0), pod(1, "Pending")))
+    assert condition(result, "Running")["message"] == "1 of 2 pods running"
