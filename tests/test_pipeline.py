@@ -154,3 +154,15 @@ def test_test_dataset_before_training_data_is_rejected(data_dir, tmp_path):
                                "testDataset": "sp500_daily.csv"})
     with pytest.raises(JobInputError, match=r"features\.testDataset: .*must come after the training data"):
         train_job(config, registry_dir=tmp_path, base_dir=data_dir, progress=False)
+
+
+def test_persistence_baseline_uses_label_lookahead(data_dir, tmp_path):
+    config = _config(strategy={"predictionTarget": "VOLATILITY"})
+    outcome = train_job(config, registry_dir=tmp_path, base_dir=data_dir, progress=False)
+    dataset = build_dataset(load_bars(data_dir / "sp500_daily.csv"), config)
+    test_rows = np.arange(len(dataset) - outcome.summary.evaluation.test_rows, len(dataset))
+    # A VOLATILITY label looks 20 bars ahead, so the label of row t - 20 is the newest one known at t.
+    expected = (dataset.y[test_rows] == dataset.y[test_rows - dataset.horizon]).mean()
+    assert dataset.horizon == 20
+    assert outcome.baselines["persistence"]["accuracy"] == pytest.approx(expected)
+    assert outcome.summary.evaluation.strategy_metrics is None

@@ -364,7 +364,8 @@ class _Run:
             report = evaluate(
                 model, test.X, test.y, test.dataset.classes,
                 confidence_threshold=strategy.confidence_threshold,
-                known_labels=persistence_labels(test.dataset.y, test.rows, test.dataset.prediction_horizon),
+                # The newest label known at row t is that of row t - lookahead (20 bars for VOLATILITY).
+                known_labels=persistence_labels(test.dataset.y, test.rows, test.dataset.horizon),
                 train_data=(fit.X, fit.y),
                 validation_data=(validation.X, validation.y) if len(validation.y) else None,
                 overfitting_detection=self.config.training.overfitting_detection,
