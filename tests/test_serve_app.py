@@ -142,6 +142,17 @@ async def test_predict_lists_every_bad_field(client, history):
 
 
 @pytest.mark.asyncio
+async def test_predict_rejects_hourly_bars_for_a_daily_model(client, history):
+    bars = [{**bar, "timestamp": f"2018-01-{2 + position // 24:02d}T{position % 24:02d}:00:00"}
+            for position, bar in enumerate(history[:24 * 20])]
+    response = await client.post("/v1/predict", json={"bars": bars})
+    assert response.status == 400
+    body = await response.json()
+    assert problem_fields(body) == ["bars"]
+    assert body["errors"][0]["value"] == "60 minutes"
+
+
+@pytest.mark.asyncio
 async def test_predict_rejects_invalid_json(client):
     response = await client.post("/v1/predict", data="{bars: [", headers={"Content-Type": "application/json"})
     assert response.status == 400

@@ -286,3 +286,16 @@ def test_volatility_target_has_no_signal(model):
 def test_number_beyond_float_range_is_rejected():
     with pytest.raises(BarError, match="not a number"):
         parse_bar({"timestamp": "2018-01-02", "open": 10**400, "high": 1, "low": 1, "close": 1, "volume": 1})
+
+
+def test_bars_of_another_interval_are_rejected(model, sp500):
+    minute_bars = sp500.iloc[STREAM_START:STREAM_START + 30].copy()
+    minute_bars.index = pd.date_range("2018-01-02 09:30", periods=len(minute_bars), freq="min")
+    payloads = [{**bar, "timestamp": stamp.isoformat()} for bar, stamp in zip(bar_payloads(minute_bars),
+                                                                               minute_bars.index)]
+    predictor = Predictor(model)
+    with pytest.raises(BarError) as caught:
+        for payload in payloads:
+            predictor.update(parse_bar(payload))
+    assert predictor.received == 19
+    assert "trained on 1440-minute bars" in caught.value.problems[0].message

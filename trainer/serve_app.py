@@ -39,6 +39,7 @@ from quanttrain.trainer.serving import (
     Prediction,
     Predictor,
     ServedModel,
+    check_interval,
     parse_bar,
     parse_bars,
     predict_history,
@@ -107,6 +108,7 @@ async def predict(request: web.Request) -> web.Response:
 def _predict_body(model: ServedModel, body: bytes):
     bars = parse_bars(_bars_field(_decode(body, "request body")))
     _check_length(len(bars), model)
+    check_interval([bar.timestamp for bar in bars], model.interval_minutes, "bars")
     predictions, skipped = predict_history(model, bars)
     return bars, predictions, skipped
 

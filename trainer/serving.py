@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from quanttrain.trainer.config import ConfigError, ModelType, PredictionTarget, TrainingJobConfig, load_job_config
-from quanttrain.trainer.data import INDEX_NAME, OHLCV_COLUMNS
+from quanttrain.trainer.data import INDEX_NAME, OHLCV_COLUMNS, bar_interval_minutes
 from quanttrain.trainer.features import build_feature_frame
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,12 @@ PROBE_BARS = 16_384
 
 # Seed of the probe's random walk, fixed so every load measures the same need.
 PROBE_SEED = 20_240_601
+
+# Bars needed before their median spacing is compared with the model's bar
+# interval, and the relative difference allowed.  Bars of another interval
+# would silently change every indicator's meaning (14 minutes instead of 14 days).
+INTERVAL_CHECK_BARS = 20
+INTERVAL_TOLERANCE = 0.1
 
 
 class ServingError(Exception):
@@ -242,6 +248,19 @@ def _parse_number(value: Any, field: str, problems: list[BarProblem]) -> float:
     if not math.isfinite(number):
         problems.append(BarProblem(field, value, "must be a finite number, not NaN or infinity"))
     return number
+
+
+def check_interval(timestamps: list[pd.Timestamp], interval_minutes: float, field: str) -> None:
+    """Raise BarError when the median spacing of the bars differs from the model's bar interval."""
+    if len(timestamps) < INTERVAL_CHECK_BARS:
+        return
+    actual = bar_interval_minutes(pd.DatetimeIndex(timestamps))
+    if abs(actual - interval_minutes) > INTERVAL_TOLERANCE * interval_minutes:
+        raise BarError([BarProblem(
+            field, f"{actual:g} minutes",
+            f"the bars are {actual:g} minutes apart (median), but the model was trained on "
+            f"{interval_minutes:g}-minute bars; send bars of that interval",
+        )])
 
 
 def bars_frame(bars: list[Bar]) -> pd.DataFrame:
@@ -513,6 +532,8 @@ class Predictor:
     def update(self, bar: Bar, field: str = "bar") -> Prediction | Pending:
         """Add the newest bar and predict it from the buffered bars; raise BarError for an out-of-order bar."""
         check_order(bar, self.last, f"{field}.timestamp")
+        stamps = [item.timestamp for item in self._bars][-INTERVAL_CHECK_BARS + 1:]
+        check_interval([*stamps, bar.timestamp], self.model.interval_minutes, f"{field}.timestamp")
         self._bars.append(bar)
         self.last = bar
         self.received += 1
