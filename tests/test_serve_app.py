@@ -326,7 +326,7 @@ def test_serve_without_the_trainer_extra_names_it(registry, monkeypatch, capsys)
     assert "pip install 'quanttrain[trainer]'" in capsys.readouterr().err
 
 
-def test_serve_on_a_busy_port_exits_with_the_reason(registry, capsys):
+def test_serve_on_a_busy_port_fails(registry, capsys):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
