@@ -129,13 +129,14 @@ def pods_by_owner(namespace: str, labels: Mapping[str, str], body: kopf.Body, **
 
 @kopf.index("", "v1", "configmaps", labels=CHILD_LABELS)
 def launched_specs(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Key, Any] | None:
-    """Index the spec each job was launched with, read from its ConfigMap."""
+    """Index the spec each job was launched with, read from its ConfigMap, with the job's uid."""
     owner = labels.get(api.LABEL_JOB_NAME)
     text = (body.get("data") or {}).get(manifests.JOB_FILE_NAME)
     if not owner or not text:
         return None
     document = yaml.safe_load(text) or {}
-    return {(namespace, owner): document.get("spec") or {}}
+    uid = (document.get("metadata") or {}).get("uid")
+    return {(namespace, owner): (uid, document.get("spec") or {})}
 
 
 # -- child events wake the job's daemon -----------------------------------------
@@ -257,7 +258,7 @@ async def spec_changed(
         return
 
     job = _owned_job(jobs_by_owner.get(key, []), uid)
-    launched = next(iter(launched_specs.get(key, [])), None)
+    launched = _launched_spec(launched_specs.get(key, []), uid)
     rejected = job_status.changed_paths(launched, dict(spec)) if launched is not None else ["spec"]
     if job is not None and not rejected:
         await _sync_job_fields(dict(body), job, logger)
@@ -276,6 +277,7 @@ async def monitor(
     name: str, namespace: str, stopped: kopf.DaemonStopped, logger: logging.Logger,
     jobs_by_owner: kopf.Index, pods_by_owner: kopf.Index, launched_specs: kopf.Index, **_: Any,
 ) -> None:
+    """Keep the status of one unfinished job current until it finishes; retry API errors without a limit."""
     key = (namespace, name)
     trigger = runtime.trigger(key)
     failures = 0
@@ -319,7 +321,7 @@ async def reconcile(
 
     def desired(fresh: Mapping[str, Any]) -> dict[str, Any]:
         job = _owned_job(jobs_by_owner.get(key, []), fresh["metadata"]["uid"])
-        launched = next(iter(launched_specs.get(key, [])), None)
+        launched = _launched_spec(launched_specs.get(key, []), fresh["metadata"]["uid"])
         rejected = job_status.changed_paths(launched, fresh.get("spec") or {}) if launched is not None else ()
         observation = Observation(
             generation=fresh["metadata"].get("generation") or 1,
@@ -341,6 +343,10 @@ async def reconcile(
     if seen["job"] is not None:
         await _sync_job_fields(seen["body"], seen["job"], logger)
     return False
+
+
+def _launched_spec(candidates: Iterable[tuple[str, Mapping[str, Any]]], uid: str) -> Mapping[str, Any] | None:
+    return next((spec for owner_uid, spec in candidates if owner_uid == uid), None)
 
 
 def _owned_job(candidates: Iterable[job_status.JobFacts], uid: str) -> job_status.JobFacts | None:
