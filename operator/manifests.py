@@ -249,11 +249,16 @@ def build_pod_template(job: JobIdentity, spec: MLTrainingJobSpec, settings: Oper
     return {"metadata": metadata, "spec": pod_spec}
 
 
-def trainer_command(job: JobIdentity, spec: MLTrainingJobSpec, settings: OperatorSettings, registry_path: str) -> list[str]:
+def trainer_command(
+    job: JobIdentity, spec: MLTrainingJobSpec, settings: OperatorSettings, registry_path: str,
+    data_path: str | None = None,
+) -> list[str]:
     """``python -m quanttrain.trainer`` on one node; the same module under torchrun when distributed."""
     trainer_args = [
         "--spec", JOB_FILE, "--registry", registry_path, "--termination-log", TERMINATION_LOG,
     ]
+    if data_path:
+        trainer_args += ["--data-dir", data_path]  # relative dataset paths resolve against the volume
     if not spec.distributed.enabled:
         return ["python", "-m", "quanttrain.trainer", *trainer_args]
     endpoint = f"{job.name}-0.{service_name(job.name)}.{job.namespace}.svc:{settings.rendezvous_port}"
@@ -277,7 +282,7 @@ def trainer_command(job: JobIdentity, spec: MLTrainingJobSpec, settings: Operato
 def _trainer_container(
     job: JobIdentity, spec: MLTrainingJobSpec, settings: OperatorSettings, mounts: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    registry_path = next(mount["mountPath"] for mount in mounts if mount["name"] == "registry")
+    paths = {mount["name"]: mount["mountPath"] for mount in mounts}
     resources: dict[str, Any] = {
         "requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
         "limits": {"memory": spec.resources.memory},
@@ -287,7 +292,7 @@ def _trainer_container(
     container: dict[str, Any] = {
         "name": TRAINER_CONTAINER,
         "image": spec.image or settings.trainer_image,
-        "command": trainer_command(job, spec, settings, registry_path),
+        "command": trainer_command(job, spec, settings, paths["registry"], paths.get("datasets")),
         "env": _environment(job),
         "resources": resources,
         "volumeMounts": mounts,

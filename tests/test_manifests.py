@@ -208,8 +208,9 @@ def test_storage_volumes_follow_the_spec():
     assert volumes["datasets"]["persistentVolumeClaim"] == {"claimName": "market-data", "readOnly": True}
     assert mounts["datasets"]["mountPath"] == "/data"
     assert volumes["registry"]["hostPath"]["path"] == "/srv/registry"
-    assert "--registry" in container(job)["command"]
-    assert container(job)["command"][container(job)["command"].index("--registry") + 1] == "/models"
+    command = container(job)["command"]
+    assert command[command.index("--registry") + 1] == "/models"
+    assert command[command.index("--data-dir") + 1] == "/data"
 
 
 def test_operator_settings_supply_default_volumes_image_and_secrets():
