@@ -18,8 +18,8 @@ from kopf.testing import KopfRunner
 from kube_emulator import CONFIGMAPS, JOBS, MLTJ, PODS, ClusterEmulator, JobController
 
 NAMESPACE = "quant"
-# Watches the operator opens before it handles anything; objects created earlier are listed anyway,
-# but waiting for them keeps each test's first events in a known order.
+# Watches the operator opens before it handles anything. Objects created earlier are listed anyway,
+# but waiting for the watches keeps each test's first events in a known order.
 WATCHED = (MLTJ, JOBS, PODS, CONFIGMAPS)
 
 
