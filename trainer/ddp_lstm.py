@@ -103,7 +103,8 @@ class DistributedLSTMClassifier(LSTMClassifier):
         module.train()
         loss_function = nn.CrossEntropyLoss()
         device = windows.device
-        total, count = 0.0, 0
+        # Summed on the device: a .item() per batch would wait for the GPU at every step.
+        total, count = torch.zeros((), device=device), 0
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size].to(device)
             optimizer.zero_grad(set_to_none=True)
@@ -112,9 +113,9 @@ class DistributedLSTMClassifier(LSTMClassifier):
             self._scaler.scale(loss).backward()
             self._scaler.step(optimizer)
             self._scaler.update()
-            total += loss.item() * len(batch)
+            total += loss.detach().float() * len(batch)
             count += len(batch)
-        return total / max(count, 1)
+        return total.item() / max(count, 1)
 
     def _validation_loss(self, module, windows, targets, indices: torch.Tensor) -> float:
         """Return the mean validation loss over every rank's share, the same on all ranks."""
