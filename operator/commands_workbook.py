@@ -8,15 +8,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from quanttrain.operator.convert import (
-    diff_documents,
-    jobs_from_workbooks,
-    render_documents,
-    write_documents,
-)
-from quanttrain.operator.excel_reader import Problem
-from quanttrain.operator.template import write_templates
+from typing import TYPE_CHECKING
+
 from quanttrain.operator.workbook import TEMPLATE_VERSION
+
+if TYPE_CHECKING:
+    from quanttrain.operator.excel_reader import Problem
+
+# NB: the reader, converter and template modules import openpyxl, so they are
+# imported inside the commands; `quanttrain operator` builds this parser too
+# and starts faster without them.
 
 # A Kubernetes namespace is a DNS-1123 label.
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -68,6 +69,8 @@ def _report(problems: Sequence[Problem], outcome: str) -> int:
 
 
 def run_template(args: argparse.Namespace) -> int:
+    from quanttrain.operator.template import write_templates
+
     try:
         paths = write_templates(args.directory, version=args.version, force=args.force)
     except OSError as error:  # FileExistsError included: existing workbooks without --force
@@ -79,6 +82,8 @@ def run_template(args: argparse.Namespace) -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
+    from quanttrain.operator.convert import jobs_from_workbooks
+
     jobs, problems = jobs_from_workbooks(args.workbooks)
     if problems:
         return _report(problems, "the workbooks are not valid")
@@ -90,6 +95,8 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from quanttrain.operator.convert import jobs_from_workbooks, render_documents, write_documents
+
     jobs, problems = jobs_from_workbooks(args.workbooks)
     if problems:
         return _report(problems, "nothing was written")
@@ -107,6 +114,8 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def _check(output_dir: Path, documents: dict[str, str], workbooks: Sequence[str]) -> int:
+    from quanttrain.operator.convert import diff_documents
+
     diff = diff_documents(output_dir, documents, workbooks)
     if diff:
         sys.stdout.write(diff)
