@@ -100,7 +100,7 @@ def test_metadata_records_hashes_and_libraries(tmp_path):
     reference = registry.save("registry-test", pipeline, metadata=METADATA, result={"ok": True})
     metadata = registry.show("registry-test", "1")
     assert metadata["modelSha256"] == reference.sha256
-    assert set(metadata["artifacts"]) == {"model.ubj", "model.json", "preprocess.skops", "result.json"}
+    assert set(metadata["artifacts"]) == {"model.ubj", "model.json", "preprocess.json", "result.json"}
     assert "xgboost" in metadata["libraryVersions"]
 
 
@@ -204,4 +204,20 @@ def test_load_rejects_swapped_file_with_untrusted_types(tmp_path):
     (version / "metadata.json").write_text(json.dumps(metadata))
 
     with pytest.raises(TamperedArtifactError, match="not trusted"):
+        registry.load("registry-test")
+
+
+def test_load_rejects_preprocessing_json_naming_other_class(tmp_path):
+    pipeline, _ = _fitted("XGB", n_estimators=5)
+    registry = ModelRegistry(tmp_path)
+    registry.save("registry-test", pipeline, metadata=METADATA)
+    version = tmp_path / "registry-test" / "1"
+    steps = json.loads((version / "preprocess.json").read_text())
+    steps["steps"][0]["class"] = "subprocess.Popen"
+    (version / "preprocess.json").write_text(json.dumps(steps))
+    metadata = json.loads((version / "metadata.json").read_text())
+    metadata["artifacts"]["preprocess.json"]["sha256"] = sha256_file(version / "preprocess.json")
+    (version / "metadata.json").write_text(json.dumps(metadata))
+
+    with pytest.raises(TamperedArtifactError, match="'subprocess.Popen' is not trusted"):
         registry.load("registry-test")

@@ -18,11 +18,14 @@ Models are stored in formats whose loading runs no code from the file:
 * scikit-learn pipelines (RANDOM_FOREST, SVM): ``model.skops``, loaded by
   ``skops.io`` with the explicit :data:`TRUSTED_TYPES`;
 * XGBoost: ``model.ubj`` (XGBoost's own UBJSON format), plus the
-  preprocessing steps in ``preprocess.skops`` and the wrapper settings in
-  ``model.json``;
+  preprocessing steps and the wrapper settings in ``model.json``;
 * LSTM: ``model.pt``, a ``torch.save`` of tensors and plain values read with
-  ``weights_only=True``, plus ``preprocess.skops`` and the constructor
+  ``weights_only=True``, plus the preprocessing steps and the constructor
   parameters in ``model.json``.
+
+Preprocessing steps are stored in ``preprocess.json`` (parameters and fitted
+arrays of the scaler classes in ``_JSON_STEP_CLASSES``), or in
+``preprocess.skops`` when a step is of another class.
 
 The sha256 of every file is recorded in ``metadata.json`` at save time and
 checked before loading, so a changed model file is rejected with its name.
@@ -56,6 +59,7 @@ RESULT_FILE = "result.json"
 ALIASES_FILE = "aliases.json"
 SKOPS_FILE = "model.skops"
 PREPROCESS_FILE = "preprocess.skops"
+PREPROCESS_JSON_FILE = "preprocess.json"
 XGBOOST_FILE = "model.ubj"
 TORCH_FILE = "model.pt"
 MODEL_JSON_FILE = "model.json"
@@ -355,7 +359,7 @@ def _save_model(model, folder: Path) -> tuple[str, list[str]]:
     last = steps[-1][1]
     estimator = final_estimator(model)
     if hasattr(estimator, "get_booster"):
-        _dump_skops(Pipeline(steps[:-1]) if len(steps) > 1 else None, folder / PREPROCESS_FILE)
+        _dump_preprocessing(steps[:-1], folder)
         estimator.save_model(folder / XGBOOST_FILE)
         description = {"stepName": steps[-1][0], "classes": _plain(getattr(last, "classes_", None))}
         if isinstance(last, HoldoutEarlyStopping):
@@ -364,15 +368,15 @@ def _save_model(model, folder: Path) -> tuple[str, list[str]]:
                 "nFeaturesIn": int(last.n_features_in_),
             }
         _write_json_atomically(folder / MODEL_JSON_FILE, description)
-        return "xgboost", _existing(folder, PREPROCESS_FILE, XGBOOST_FILE, MODEL_JSON_FILE)
+        return "xgboost", _existing(folder, PREPROCESS_FILE, PREPROCESS_JSON_FILE, XGBOOST_FILE, MODEL_JSON_FILE)
     if hasattr(estimator, "state_dict") and hasattr(estimator, "model_"):
-        _dump_skops(Pipeline(steps[:-1]) if len(steps) > 1 else None, folder / PREPROCESS_FILE)
+        _dump_preprocessing(steps[:-1], folder)
         estimator.save(folder / TORCH_FILE)
         _write_json_atomically(folder / MODEL_JSON_FILE, {
             "stepName": steps[-1][0], "class": f"{type(estimator).__module__}.{type(estimator).__qualname__}",
             "params": _plain(estimator.get_params()),
         })
-        return "torch", _existing(folder, PREPROCESS_FILE, TORCH_FILE, MODEL_JSON_FILE)
+        return "torch", _existing(folder, PREPROCESS_FILE, PREPROCESS_JSON_FILE, TORCH_FILE, MODEL_JSON_FILE)
     _dump_skops(model, folder / SKOPS_FILE)
     return "skops", [SKOPS_FILE]
 
@@ -430,11 +434,13 @@ def _load_model(folder: Path, model_format: str):
 def _with_preprocessing(folder: Path, step_name: str, final):
     from sklearn.pipeline import Pipeline
 
-    preprocess_path = folder / PREPROCESS_FILE
-    if not preprocess_path.is_file():
+    if (folder / PREPROCESS_JSON_FILE).is_file():
+        steps = _load_preprocessing_json(folder / PREPROCESS_JSON_FILE)
+    elif (folder / PREPROCESS_FILE).is_file():
+        steps = _load_skops(folder / PREPROCESS_FILE).steps
+    else:
         return final
-    preprocess = _load_skops(preprocess_path)
-    return Pipeline([*preprocess.steps, (step_name, final)])
+    return Pipeline([*steps, (step_name, final)])
 
 
 def _load_xgboost(folder: Path, description: dict[str, Any]):
@@ -457,3 +463,83 @@ def _load_xgboost(folder: Path, description: dict[str, Any]):
     wrapper.classes_ = wrapper.label_encoder_.classes_
     wrapper.n_features_in_ = holdout["nFeaturesIn"]
     return wrapper
+
+
+# -- preprocessing steps as JSON -------------------------------------------------
+#
+# The steps before an XGBoost or LSTM model are usually these scalers.  Their
+# fitted state is a few arrays, so JSON holds it exactly (Python writes floats
+# so that they read back bit for bit) and saving and loading skip importing
+# skops, which scans every scikit-learn module and costs a second or more.
+# Other steps fall back to skops.
+
+# Classes whose parameters and fitted arrays fully describe them.
+_JSON_STEP_CLASSES = {
+    "quanttrain.trainer.features.FeatureScaler": ("quanttrain.trainer.features", "FeatureScaler"),
+    "sklearn.preprocessing.StandardScaler": ("sklearn.preprocessing", "StandardScaler"),
+}
+_JSON_DTYPES = frozenset({"float64", "float32", "int64", "int32", "bool", "object"})
+
+
+def _class_key(step) -> str:
+    return f"{type(step).__module__.split('._')[0]}.{type(step).__name__}"
+
+
+def _dump_preprocessing(steps: list[tuple[str, Any]], folder: Path) -> None:
+    """Write the preprocessing steps as JSON when every step allows it, else with skops."""
+    from sklearn.pipeline import Pipeline
+
+    if not steps:
+        return
+    if not all(step == "passthrough" or _class_key(step) in _JSON_STEP_CLASSES for _, step in steps):
+        _dump_skops(Pipeline(steps), folder / PREPROCESS_FILE)
+        return
+    described = [
+        {"name": name, "passthrough": True} if step == "passthrough" else {
+            "name": name, "class": _class_key(step), "params": _plain(step.get_params(deep=False)),
+            "state": {key: _encode(value) for key, value in vars(step).items() if key.endswith("_")},
+        }
+        for name, step in steps
+    ]
+    _write_json_atomically(folder / PREPROCESS_JSON_FILE, {"steps": described})
+
+
+def _encode(value: Any) -> dict[str, Any]:
+    import numpy as np
+
+    array = np.asarray(value)
+    if array.dtype.name not in _JSON_DTYPES:
+        raise RegistryError(f"cannot store a preprocessing attribute of dtype {array.dtype} as JSON")
+    return {"dtype": array.dtype.name, "shape": list(array.shape), "data": array.ravel().tolist()}
+
+
+def _decode(encoded: dict[str, Any]):
+    import numpy as np
+
+    if encoded.get("dtype") not in _JSON_DTYPES:
+        raise TamperedArtifactError(f"preprocessing attribute of unknown dtype {encoded.get('dtype')!r}")
+    array = np.asarray(encoded["data"], dtype=encoded["dtype"]).reshape(encoded["shape"])
+    if encoded["dtype"] == "object" and not all(isinstance(item, str) for item in array.ravel()):
+        raise TamperedArtifactError("a text attribute of a preprocessing step holds values other than strings")
+    return array if array.shape else array.item()
+
+
+def _load_preprocessing_json(path: Path) -> list[tuple[str, Any]]:
+    import importlib
+
+    steps = []
+    for described in json.loads(path.read_text(encoding="utf-8"))["steps"]:
+        if described.get("passthrough"):
+            steps.append((described["name"], "passthrough"))
+            continue
+        location = _JSON_STEP_CLASSES.get(described.get("class"))
+        if location is None:
+            raise TamperedArtifactError(f"{path}: step class {described.get('class')!r} is not trusted; not loaded")
+        cls = getattr(importlib.import_module(location[0]), location[1])
+        step = cls(**described["params"])
+        for key, encoded in described["state"].items():
+            if not key.endswith("_"):
+                raise TamperedArtifactError(f"{path}: {key!r} is not a fitted attribute; not loaded")
+            setattr(step, key, _decode(encoded))
+        steps.append((described["name"], step))
+    return steps
