@@ -72,8 +72,13 @@ class _Join:
     def __init__(self, reading: Reading) -> None:
         self.reading = reading
         self.problems: list[Problem] = []
+        self.reported_cells = {(problem.file, problem.sheet, problem.cell) for problem in reading.problems}
         # Rule problems on rows shared by several strategies, with the strategies they break.
         self.shared: dict[tuple[str, str, str, str], tuple[Problem, list[str]]] = {}
+
+    def is_usable(self, row: Row, key: str) -> bool:
+        """Tell whether a cell was read and validated without a problem."""
+        return key in row.values and (row.file, row.title, row.ref(key)) not in self.reported_cells
 
     def add_shared(self, problem: Problem, strategy: str) -> None:
         key = (problem.file, problem.sheet, problem.cell, problem.message)
@@ -209,10 +214,54 @@ def _map_cells(cells: CellMap, prefix: Path_, row: Row) -> None:
             cells[prefix + column.path] = (row, column.key)
 
 
-def _dump(row: Row, section: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Return a row's validated model as a dict; empty for a row with problems, which is never built."""
-    model = row.models.get(section)
-    return model.model_dump() if model is not None else {}
+# Valid values for the required fields of each sheet's model.  They stand in for cells
+# with problems, so that the cross-field rules can still check the other cells; a rule
+# that reads a stand-in is not reported.
+_STAND_INS: dict[str, dict[str, Any]] = {
+    "StrategySettings": {
+        "name": "stand-in", "model_type": "RANDOM_FOREST", "prediction_target": "PRICE_DIRECTION",
+        "training_dataset": "-", "model_path": "-", "confidence_threshold": 0.5,
+        "training_window_days": 30, "prediction_horizon_minutes": 1,
+    },
+    "FeatureSettings": {"target_variable": "direction", "feature_columns": ["close"],
+                        "train_split_ratio": 0.7, "validation_split_ratio": 0.15},
+    "PortfolioSettings": {"name": "stand-in"},
+    "AllocationEntry": {"symbol": "-", "weight": 0.0},
+    "IndicatorSettings": {"name": "stand-in", "type": "TECHNICAL", "calculation_method": "RSI"},
+}
+
+
+def _rule_inputs(path: Path_, spec: MLTrainingJobSpec) -> list[Path_] | None:
+    """Return the fields that the cross-field rule behind a violation at ``path`` reads.
+
+    None means the rule is not listed here, so it is trusted only when every
+    field of the strategy came from a valid cell.
+    """
+    names: list[Path_] = [("indicators", index, "name") for index in range(len(spec.indicators))]
+    match path:
+        case ("features", "trainSplitRatio" | "validationSplitRatio"):
+            return [("features", "trainSplitRatio"), ("features", "validationSplitRatio"),
+                    ("features", "testDataset")]
+        case ("features", "featureColumns", *_):
+            return [("features", "featureColumns"), *names]
+        case ("indicators", int(), "name"):
+            return names
+        case ("indicators", int() as index, "calculationMethod"):
+            return [("indicators", index, "calculationMethod")]
+        case ("indicators", int() as index, "parameters" | "output" as field, *_):
+            return [("indicators", index, "calculationMethod"), ("indicators", index, field)]
+        case ("training", "searchSpace", *_):
+            return [("training", "hyperparameterOptimization"), ("training", "searchSpace")]
+        case ("portfolio", "allocation"):
+            return [("portfolio", "allocation")]
+        case ("resources", "gpusPerNode"):
+            return [("training", "gpuEnabled"), ("resources", "gpusPerNode")]
+    return None
+
+
+def _overlaps(first: Path_, second: Path_) -> bool:
+    shorter = min(len(first), len(second))
+    return first[:shorter] == second[:shorter]
 
 
 class _Builder:
@@ -224,6 +273,34 @@ class _Builder:
         self.strategy_row = strategy_row
         self.cells: CellMap = {(): (strategy_row, "strategy name")}
         self.rows: list[Row] = [strategy_row]
+        # Fields filled by a stand-in or a default because their cell has a problem.
+        self.stand_ins: set[Path_] = set()
+
+    def dump(self, row: Row, prefix: Path_, section: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Return a row's validated model as a dict, with stand-ins for the cells that have problems."""
+        model = row.models.get(section)
+        if model is not None:
+            return model.model_dump()
+        columns = [column for column in row.sheet.columns if column.model is not None and column.section == section]
+        model_type = columns[0].model
+        stand_in = _STAND_INS.get(model_type.__name__, {})
+        usable = {column.field: row.values[column.key] for column in columns if self.join.is_usable(row, column.key)}
+        self.stand_ins.update(prefix + column.path for column in columns if column.field not in usable)
+        try:
+            return model_type.model_validate({**stand_in, **usable}).model_dump()
+        except ValidationError:
+            # The cells are fine one by one but not together, so none of them is trusted.
+            self.stand_ins.update(prefix + column.path for column in columns)
+            return model_type.model_validate(stand_in).model_dump()
+
+    def trusts(self, violation: Violation, spec: MLTrainingJobSpec) -> bool:
+        """Tell whether a violation comes from cells without problems, so it is new to the user."""
+        if not self.stand_ins:
+            return True
+        inputs = _rule_inputs(violation.path, spec)
+        if inputs is None:
+            return False
+        return not any(_overlaps(field, stand_in) for field in inputs for stand_in in self.stand_ins)
 
     def indicators(self, rows: list[Row]) -> list[dict[str, Any]]:
         built = []
@@ -231,22 +308,27 @@ class _Builder:
             prefix: Path_ = ("indicators", index)
             _map_cells(self.cells, prefix, row)
             self.rows.append(row)
-            indicator = _dump(row)
-            if not row.valid:
-                built.append(indicator)  # reported already; the strategy is not built
+            indicator = self.dump(row, prefix)
+            if not _indicator_key(row):
+                # Without a readable name, no Parameters or Thresholds row can be matched to it.
+                self.stand_ins.update({prefix + ("parameters",), prefix + ("thresholds",)})
+                built.append(indicator)
                 continue
             indicator["parameters"] = self._parameters(row, prefix, dict(indicator["parameters"]))
             threshold_row = self.extras.thresholds.get(_indicator_key(row))
             if threshold_row is not None:
                 self.rows.append(threshold_row)
                 _map_cells(self.cells, prefix + ("thresholds",), threshold_row)
-                indicator["thresholds"] = _dump(threshold_row)
+                indicator["thresholds"] = self.dump(threshold_row, prefix + ("thresholds",))
             built.append(indicator)
         return built
 
     def _parameters(self, row: Row, prefix: Path_, merged: dict[str, Any]) -> dict[str, Any]:
         for parameter_row in self.extras.parameters.get(_indicator_key(row), []):
             self.rows.append(parameter_row)
+            if not all(self.join.is_usable(parameter_row, key) for key in ("parameter", "value")):
+                self.stand_ins.add(prefix + ("parameters",))
+                continue
             name = str(parameter_row.values.get("parameter"))
             if name in merged:
                 self.join.problems.append(parameter_row.problem("parameter", (
@@ -266,17 +348,17 @@ class _Builder:
             return None
         self.rows.append(row)
         _map_cells(self.cells, ("portfolio",), row)
-        portfolio = _dump(row)
+        portfolio = self.dump(row, ("portfolio",))
         if risk is not None:
             self.rows.append(risk)
             _map_cells(self.cells, ("portfolio", "risk"), risk)
-            portfolio["risk"] = _dump(risk)
+            portfolio["risk"] = self.dump(risk, ("portfolio", "risk"))
         portfolio["allocation"] = []
         for index, entry in enumerate(allocation):
             self.rows.append(entry)
             _map_cells(self.cells, ("portfolio", "allocation", index), entry)
             self.cells.setdefault(("portfolio", "allocation"), (entry, "weight"))
-            portfolio["allocation"].append(_dump(entry))
+            portfolio["allocation"].append(self.dump(entry, ("portfolio", "allocation", index)))
         return portfolio
 
     @property
@@ -300,14 +382,6 @@ class _Builder:
             self.join.problems.append(problem)
 
 
-# Valid Strategy settings that stand in for an invalid Strategy row while the other rules run.
-_STAND_IN_STRATEGY = {
-    "name": "stand-in", "model_type": "RANDOM_FOREST", "prediction_target": "PRICE_DIRECTION",
-    "training_dataset": "-", "model_path": "-", "confidence_threshold": 0.5,
-    "training_window_days": 30, "prediction_horizon_minutes": 1,
-}
-
-
 def _build_strategy(join: _Join, extras: _IndicatorExtras, key: str, strategy_row: Row,
                     picks: dict[str, dict[str, Row | None]]) -> StrategyJob | None:
     builder = _Builder(join, extras, strategy_row)
@@ -325,31 +399,29 @@ def _build_strategy(join: _Join, extras: _IndicatorExtras, key: str, strategy_ro
     builder.cells.setdefault(("resources", "gpusPerNode"), (models, "gpu enabled"))
     _map_cells(builder.cells, ("features",), features)
     data = {
-        "strategy": _dump(strategy_row),
-        "training": _dump(models, ("training",)),
-        "resources": _dump(models, ("resources",)),
-        "distributed": _dump(models, ("distributed",)),
-        "features": _dump(features),
+        "strategy": builder.dump(strategy_row, ()),
+        "training": builder.dump(models, (), ("training",)),
+        "resources": builder.dump(models, (), ("resources",)),
+        "distributed": builder.dump(models, (), ("distributed",)),
+        "features": builder.dump(features, ("features",)),
         "indicators": builder.indicators(join.multiple_rows("indicators", key)),
         "portfolio": builder.portfolio(picks["portfolio"][key], picks["risk"][key],
                                        join.multiple_rows("allocation", key)),
     }
-    # Rows with problems are already reported, and cross-field rules on them would only
-    # repeat those.  The rules never read the Strategy row, so a stand-in keeps them running.
-    if any(not row.valid for row in builder.rows if row is not strategy_row):
-        return None
-    if not strategy_row.valid:
-        data["strategy"] = _STAND_IN_STRATEGY
+    # Cells with problems are reported already and hold stand-ins here, so the rules
+    # still check every other cell.  A rule that reads a stand-in is left out.
     try:
         spec = MLTrainingJobSpec.model_validate(data)
     except ValidationError as error:
-        for violation in violations_from_validation_error(error):
-            builder.report(violation)
+        if not builder.stand_ins:
+            for violation in violations_from_validation_error(error):
+                builder.report(violation)
         return None
     violations = spec_rule_violations(spec)
     for violation in violations:
-        builder.report(violation)
-    if violations or not strategy_row.valid:
+        if builder.trusts(violation, spec):
+            builder.report(violation)
+    if violations or any(not row.valid for row in builder.rows):
         return None
     return StrategyJob(kubernetes_name(builder.name), spec, strategy_row)
 

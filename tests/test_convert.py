@@ -286,6 +286,40 @@ def test_rules_run_when_strategy_row_is_invalid(paths):
     assert len(messages_at(problems, "Features", "D2")) == 1
 
 
+def test_rules_run_beside_invalid_cells(paths):
+    edit(paths[STRATEGY], "Features", {"C2": "rsi, nosuch", "D2": "abc"})
+    edit(paths[STRATEGY], "Models", {"C2": "many"})
+    edit(paths[INDICATORS], "Indicators", {"D2": "RSX", "F2": "x"})
+
+    _, problems = jobs_from_workbooks(paths)
+
+    assert messages_at(problems, "Features", "C2")[0].startswith("Feature Columns 'rsi, nosuch': unknown feature 'nosuch'")
+    assert messages_at(problems, "Indicators", "D2")[0].startswith("Calculation Method 'RSX': unknown calculation method")
+    assert len(messages_at(problems, "Features", "D2")) == 1
+    assert len(messages_at(problems, "Models", "C2")) == 1
+    assert len(messages_at(problems, "Indicators", "F2")) == 1
+
+
+def test_rule_on_invalid_cell_is_not_repeated(paths):
+    edit(paths[STRATEGY], "Features", {"D2": "abc", "E2": 0.5})
+
+    _, problems = jobs_from_workbooks(paths)
+
+    assert messages_at(problems, "Features", "D2") == [
+        "Train Split Ratio 'abc' is not a number; write a number above 0 and below 1"]
+    assert messages_at(problems, "Features", "E2") == []
+
+
+def test_parameters_are_checked_beside_invalid_cells(paths):
+    edit(paths[INDICATORS], "Indicators", {"F2": "x"})
+    edit(paths[INDICATORS], "Parameters", {"B2": "period"})
+
+    _, problems = jobs_from_workbooks(paths)
+
+    assert messages_at(problems, "Parameters", "B2") == [
+        "Parameter 'period': RSI has no parameter 'period'; its parameters are: timeperiod"]
+
+
 def test_shared_row_problem_is_reported_once(paths):
     edit(paths[INDICATORS], "Indicators", {"F2": 999})
 
