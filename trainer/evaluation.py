@@ -229,6 +229,12 @@ def accuracy_on(estimator, X, y) -> float | None:
     return float((np.asarray(estimator.predict(X)) == np.asarray(y)).mean())
 
 
+def _accuracy_from(probabilities: np.ndarray, y) -> float | None:
+    if y is None or len(y) == 0:
+        return None
+    return float((probabilities.argmax(axis=1) == np.asarray(y)).mean())
+
+
 def overfitting_check(train_accuracy: float | None, validation_accuracy: float | None, *, enabled: bool) -> OverfittingCheck:
     """Fail when training accuracy beats validation accuracy by more than :data:`MAX_OVERFITTING_GAP`."""
     if train_accuracy is None or validation_accuracy is None:
@@ -290,6 +296,7 @@ def evaluate(
     cross_validation: CrossValidation | None = None,
     random_seed: int = 0,
     probabilities: np.ndarray | None = None,
+    validation_probabilities: np.ndarray | None = None,
 ) -> EvaluationReport:
     """Evaluate a fitted classifier on the test rows.
 
@@ -300,7 +307,8 @@ def evaluate(
     the validation rows, or on the test rows when there are none.
     ``probabilities`` replaces ``estimator.predict_proba(X_test)`` when the
     caller predicted the test rows itself (a sequence model given the rows
-    before the test period as history).
+    before the test period as history), and ``validation_probabilities``
+    likewise for the validation rows.
     """
     n_classes = len(classes)
     y_test = np.asarray(y_test, dtype=np.int64)
@@ -317,7 +325,8 @@ def evaluate(
 
     overfitting = overfitting_check(
         accuracy_on(estimator, X_train, y_train),
-        accuracy_on(estimator, X_validation, y_validation),
+        accuracy_on(estimator, X_validation, y_validation) if validation_probabilities is None
+        else _accuracy_from(validation_probabilities, y_validation),
         enabled=overfitting_detection,
     )
     names = feature_names if feature_names is not None else [str(column) for column in getattr(X_test, "columns", [])]

@@ -170,6 +170,7 @@ class _Run:
         self.base_dir = base_dir
         self.started = time.perf_counter()
         self.checkpoint_dir: Path | None = None
+        self.validation_probabilities: np.ndarray | None = None
         self.deadline = time.time() + config.training.max_training_time_minutes * 60
 
     def execute(self, registry_dir: Path | None, output_path: Path | None) -> TrainingOutcome | None:
@@ -361,6 +362,8 @@ class _Run:
         strategy = self.config.strategy
         with self.progress.step(f"evaluating on {len(test.y)} test rows"):
             probabilities = self.predict(model, test)
+            # Kept for the backtest's Kelly hit rate, so the validation rows are predicted once.
+            self.validation_probabilities = self.predict(model, validation) if len(validation.y) else None
             report = evaluate(
                 model, test.X, test.y, test.dataset.classes,
                 confidence_threshold=strategy.confidence_threshold,
@@ -373,6 +376,7 @@ class _Run:
                 cross_validation=_cross_validation(search),
                 random_seed=self.config.training.random_seed,
                 probabilities=probabilities,
+                validation_probabilities=self.validation_probabilities,
             )
         return report, probabilities
 
@@ -399,8 +403,8 @@ class _Run:
         threshold = self.config.strategy.confidence_threshold
         classes = test.dataset.classes
         hit_rate = None
-        if len(validation.y):
-            hit_rate = backtest.signal_hit_rate(self.predict(model, validation), validation.y, classes, target, threshold)
+        if self.validation_probabilities is not None:
+            hit_rate = backtest.signal_hit_rate(self.validation_probabilities, validation.y, classes, target, threshold)
         direction, confidence = backtest.signals(probabilities, classes, target, threshold)
         bars = test.bars.loc[test.dataset.timestamps[test.rows]]
         path = backtest.PricePath(

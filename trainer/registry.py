@@ -468,9 +468,9 @@ def _load_xgboost(folder: Path, description: dict[str, Any]):
 # -- preprocessing steps as JSON -------------------------------------------------
 #
 # The steps before an XGBoost or LSTM model are usually these scalers.  Their
-# fitted state is a few arrays, so JSON holds it exactly (Python writes floats
-# so that they read back bit for bit) and saving and loading skip importing
-# skops, which scans every scikit-learn module and costs a second or more.
+# fitted state is a few arrays, which JSON stores exactly because Python writes
+# floats that read back bit for bit.  Saving and loading then skip importing
+# skops, which imports every scikit-learn module (a second or more here).
 # Other steps fall back to skops.
 
 # Classes whose parameters and fitted arrays fully describe them.
@@ -520,7 +520,7 @@ def _decode(encoded: dict[str, Any]):
         raise TamperedArtifactError(f"preprocessing attribute of unknown dtype {encoded.get('dtype')!r}")
     array = np.asarray(encoded["data"], dtype=encoded["dtype"]).reshape(encoded["shape"])
     if encoded["dtype"] == "object" and not all(isinstance(item, str) for item in array.ravel()):
-        raise TamperedArtifactError("a text attribute of a preprocessing step holds values other than strings")
+        raise TamperedArtifactError("invalid preprocessing attribute: a text array contains values that are not strings")
     return array if array.shape else array.item()
 
 
