@@ -298,3 +298,110 @@ def test_checkpoint_directory_is_per_configuration(tmp_path):
     second = ddp_lstm.checkpoint_directory(tmp_path, "sp500-lstm", "b" * 64)
     assert first.parent == second.parent == tmp_path / "sp500-lstm" / "checkpoints"
     assert first != second
+
+
+# --- the search protocol between ranks, with rank 1 simulated in this process -----------
+
+
+class _TwoRankFake:
+    """Plays rank 1 for rank 0's collectives: it evaluates its share of every broadcast batch."""
+
+    def __init__(self, evaluate):
+        self.evaluate = evaluate
+        self.broadcasts = []
+
+    def broadcast_object(self, value, source=0, *, long_wait=False):
+        self.broadcasts.append(value)
+        return value
+
+    def all_gather_objects(self, value, *, long_wait=False):
+        batch = self.broadcasts[-1].params
+        rank_one = [(index, self.evaluate(batch[index])) for index in range(1, len(batch), 2)]
+        return [value, rank_one]
+
+
+def _search_config(method: str, iterations: int):
+    from quanttrain.trainer.config import TrainingJobConfig
+
+    return TrainingJobConfig.model_validate({
+        "strategy": {"name": "s", "modelType": "RANDOM_FOREST", "predictionTarget": "PRICE_DIRECTION",
+                     "trainingDataset": "x.csv", "modelPath": "s", "confidenceThreshold": 0.55,
+                     "trainingWindowDays": 365, "predictionHorizonMinutes": 1440},
+        "training": {"hyperparameterOptimization": method, "maxOptimizationIterations": iterations,
+                     "cvFolds": 2, "randomSeed": 3,
+                     "searchSpace": {"n_estimators": [5, 10], "max_depth": {"low": 2, "high": 4}}},
+        "features": {"targetVariable": "direction", "featureColumns": ["close"],
+                     "trainSplitRatio": 0.7, "validationSplitRatio": 0.15},
+    })
+
+
+def _search_inputs():
+    from sklearn.ensemble import RandomForestClassifier
+
+    from quanttrain.trainer.splits import WalkForwardSplit
+
+    X, y = _rows(120)
+    factory = lambda params: RandomForestClassifier(random_state=0, **params)  # noqa: E731
+    return X, y, WalkForwardSplit(2), factory
+
+
+def _run_as_rank_zero(monkeypatch, config):
+    import functools
+
+    from quanttrain.trainer import distributed_search, search
+
+    X, y, cv, factory = _search_inputs()
+    evaluate = functools.partial(search.evaluate_params, X=X, y=y, cv=cv, estimator_factory=factory,
+                                 metric=config.training.scoring_metric)
+    fake = _TwoRankFake(evaluate)
+    monkeypatch.setattr(distributed, "_active", distributed.DistributedContext(rank=0, world_size=2))
+    monkeypatch.setattr(distributed, "broadcast_object", fake.broadcast_object)
+    monkeypatch.setattr(distributed, "all_gather_objects", fake.all_gather_objects)
+    result = distributed_search.run_distributed_search(config, X, y, cv=cv, estimator_factory=factory)
+    return result, fake
+
+
+def test_bayesian_search_asks_one_point_per_rank(monkeypatch):
+    from quanttrain.trainer import distributed_search
+
+    result, fake = _run_as_rank_zero(monkeypatch, _search_config("BAYESIAN", 6))
+    batches = [message.params for message in fake.broadcasts if isinstance(message, distributed_search._Batch)]
+    assert [len(batch) for batch in batches] == [2, 2, 2]
+    assert [trial.number for trial in result.trials] == [1, 2, 3, 4, 5, 6]
+
+
+def test_spread_search_has_single_process_form(monkeypatch):
+    from quanttrain.trainer import search
+
+    config = _search_config("RANDOM_SEARCH", 5)
+    X, y, cv, factory = _search_inputs()
+    single = search.run_search(config, X, y, cv=cv, estimator_factory=factory)
+    spread, fake = _run_as_rank_zero(monkeypatch, config)
+    assert spread.to_dict().keys() == single.to_dict().keys()
+    assert [trial.params for trial in spread.trials] == [trial.params for trial in single.trials]
+    assert [trial.fold_scores for trial in spread.trials] == [trial.fold_scores for trial in single.trials]
+    assert fake.broadcasts[-1].result is spread, "the other ranks receive rank 0's result"
+
+
+def test_follower_evaluates_its_share(monkeypatch):
+    from quanttrain.trainer import distributed_search
+
+    messages = iter([distributed_search._Batch([{"a": 0}, {"a": 1}, {"a": 2}]),
+                     distributed_search._Outcome(result="done")])
+    gathered = []
+    monkeypatch.setattr(distributed, "_active", distributed.DistributedContext(rank=1, world_size=2))
+    monkeypatch.setattr(distributed, "broadcast_object", lambda value, source=0, long_wait=False: next(messages))
+    monkeypatch.setattr(distributed, "all_gather_objects",
+                        lambda value, long_wait=False: gathered.append(value) or [[], value])
+    assert distributed_search.follow(lambda params: params["a"] * 10) == "done"
+    assert gathered == [[(1, 10)]]
+
+
+def test_follower_raises_rank_zero_error(monkeypatch):
+    from quanttrain.trainer import distributed_search
+
+    monkeypatch.setattr(distributed, "_active", distributed.DistributedContext(rank=1, world_size=2))
+    monkeypatch.setattr(distributed, "broadcast_object",
+                        lambda value, source=0, long_wait=False: distributed_search._Outcome(error="SearchError: boom"))
+    with pytest.raises(distributed_search.PrimarySearchError, match="the search failed on rank 0: SearchError: boom"):
+        distributed_search.follow(lambda params: None)
