@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     namespaces = args.namespaces or ([] if args.all_namespaces else [default_namespace()])
-    from quanttrain.operator.runner import run_operator
+    from quanttrain.operator.runner import MissingCredentialsError, run_operator
 
     try:
         return run_operator(
@@ -44,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"quanttrain operator: {error}", file=sys.stderr)
         return 2
+    except MissingCredentialsError as error:
+        print(f"quanttrain operator: {error}", file=sys.stderr)
+        return 1
 
 
 # File with the namespace of the pod that reads it.

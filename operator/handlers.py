@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from quanttrain.operator import api, manifests
 from quanttrain.operator import status as job_status
 from quanttrain.operator.kubeapi import ApiError, KubeApi, object_path, resource_path
+from quanttrain.operator.runner import credentials_problem
 from quanttrain.operator.settings import OperatorSettings
 from quanttrain.operator.status import ConditionType, Observation, Reason
 
@@ -91,9 +92,23 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     logger.info(f"default trainer image {operator_settings.trainer_image}")
 
 
+# Seconds between login attempts while no credentials exist (kopf's own default for failed handlers).
+LOGIN_RETRY_SECONDS = 60
+
+
 @kopf.on.login()
 async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """Log in as kopf does with the client library (in-cluster or kubeconfig), and share the credentials."""
+    """Log in as kopf does with the client library (in-cluster or kubeconfig), and share the credentials.
+
+    kopf retries a failed login, which helps when a token or the API server is
+    briefly unavailable.  ``run_operator`` does not start without credentials;
+    when they disappear later, each retry logs one line saying what is missing.
+    """
+    problem = credentials_problem()
+    if problem is not None:
+        # NOTE: kopf 1.45 does not stop the operator when a login fails permanently; it waits
+        # for credentials forever, so a retry is the way to recover once they are back.
+        raise kopf.TemporaryError(problem, delay=LOGIN_RETRY_SECONDS)
     # The client library reads files and may run an exec plugin: keep that off the event loop.
     info = await asyncio.to_thread(functools.partial(kopf.login_via_client, **kwargs))
     if info is not None:

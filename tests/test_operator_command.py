@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import kopf
 import kubernetes.config.kube_config
 import pytest
 import yaml
 
-from quanttrain.operator import commands_operator
+from quanttrain.operator import commands_operator, runner
 from quanttrain.operator.cli import build_parser, main
 from quanttrain.operator.settings import OperatorSettings
 
@@ -74,3 +80,62 @@ def test_invalid_settings_stop_the_command(monkeypatch, capsys):
 def test_backoff_doubles_up_to_the_maximum():
     settings = OperatorSettings(api_backoff_seconds=1, api_max_backoff_seconds=5)
     assert [settings.backoff(retry) for retry in range(5)] == [1, 2, 4, 5, 5]
+
+
+def write_kubeconfig(path: Path, current_context: str | None = "lab") -> None:
+    config = {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "lab", "cluster": {"server": "https://127.0.0.1:6443"}}],
+        "users": [{"name": "me", "user": {"token": "t"}}],
+        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "me"}}],
+    }
+    if current_context:
+        config["current-context"] = current_context
+    path.write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture
+def outside_cluster(monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+
+def test_operator_without_credentials_exits_with_one_line(tmp_path: Path):
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("KUBERNETES_")}
+    environment |= {"KUBECONFIG": str(tmp_path / "missing"), "HOME": str(tmp_path)}
+
+    finished = subprocess.run(
+        [sys.executable, "-m", "quanttrain.operator.cli", "operator", "--namespace=research"],
+        env=environment, capture_output=True, text=True, timeout=60,
+    )
+
+    assert finished.returncode == 1
+    assert finished.stderr.startswith("quanttrain operator: no Kubernetes credentials found: ")
+    assert str(tmp_path / "missing") in finished.stderr
+    assert len(finished.stderr.splitlines()) == 1
+
+
+def test_valid_kubeconfig_is_a_credentials_source(tmp_path: Path, monkeypatch, outside_cluster):
+    write_kubeconfig(tmp_path / "config")
+    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "config"))
+
+    assert runner.credentials_problem() is None
+
+
+def test_kubeconfig_without_current_context_is_invalid(tmp_path: Path, monkeypatch, outside_cluster):
+    write_kubeconfig(tmp_path / "config", current_context=None)
+    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "config"))
+
+    problem = runner.credentials_problem()
+
+    assert f"the kubeconfig '{tmp_path / 'config'}' is invalid: " in problem
+    assert "current-context" in problem
+
+
+def test_login_without_credentials_is_retried(tmp_path: Path, monkeypatch, outside_cluster):
+    from quanttrain.operator import handlers
+
+    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "missing"))
+
+    with pytest.raises(kopf.TemporaryError) as raised:
+        asyncio.run(handlers.login(logger=logging.getLogger("test"), settings=kopf.OperatorSettings()))
+    assert str(raised.value).startswith("no Kubernetes credentials found: ")
