@@ -297,6 +297,7 @@ def evaluate(
     random_seed: int = 0,
     probabilities: np.ndarray | None = None,
     validation_probabilities: np.ndarray | None = None,
+    majority_labels: np.ndarray | None = None,
 ) -> EvaluationReport:
     """Evaluate a fitted classifier on the test rows.
 
@@ -308,7 +309,8 @@ def evaluate(
     ``probabilities`` replaces ``estimator.predict_proba(X_test)`` when the
     caller predicted the test rows itself (a sequence model given the rows
     before the test period as history), and ``validation_probabilities``
-    likewise for the validation rows.
+    likewise for the validation rows.  ``majority_labels`` are the labels the
+    majority class is taken from when ``train_data`` holds only some of them.
     """
     n_classes = len(classes)
     y_test = np.asarray(y_test, dtype=np.int64)
@@ -319,7 +321,9 @@ def evaluate(
 
     X_train, y_train = train_data if train_data is not None else (None, None)
     X_validation, y_validation = validation_data if validation_data is not None else (None, None)
-    majority_source = np.asarray(y_train if y_train is not None else y_test, dtype=np.int64)
+    if majority_labels is None:
+        majority_labels = y_train if y_train is not None else y_test
+    majority_source = np.asarray(majority_labels, dtype=np.int64)
     majority_class = int(np.bincount(majority_source, minlength=n_classes).argmax()) if majority_source.size else 0
     baselines = baseline_scores(y_test, n_classes, majority_class=majority_class, known_labels=known_labels)
 

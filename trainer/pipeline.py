@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,12 @@ from quanttrain.trainer.summary import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+# Training accuracy for the overfitting check is measured on at most this many
+# of the newest fit rows: its standard error stays below 0.002, and predicting
+# half a million rows again would cost about a second.
+TRAIN_ACCURACY_MAX_ROWS = 100_000
 
 
 class JobInputError(Exception):
@@ -177,6 +184,10 @@ class _Run:
         strategy = self.config.strategy
         logger.info("training %s (%s, %s) as %s", strategy.name, strategy.model_type.value,
                     strategy.prediction_target.value, self.strategy_key)
+        if registry_dir is not None:
+            # matplotlib takes about half a second to import; the search and the fit release the
+            # GIL for most of their time, so the import overlaps with them instead of adding to the run.
+            threading.Thread(target=_import_plotting, name="import-matplotlib", daemon=True).start()
         dataset, bars, data_facts = self.load()
         train, fit, validation, test, split_facts = self.split(dataset, bars)
         search = self.search(train, dataset, split_facts["trainingWindowRows"])
@@ -369,7 +380,8 @@ class _Run:
                 confidence_threshold=strategy.confidence_threshold,
                 # The newest label known at row t is that of row t - lookahead (20 bars for VOLATILITY).
                 known_labels=persistence_labels(test.dataset.y, test.rows, test.dataset.horizon),
-                train_data=(fit.X, fit.y),
+                train_data=(fit.X.iloc[-TRAIN_ACCURACY_MAX_ROWS:], fit.y[-TRAIN_ACCURACY_MAX_ROWS:]),
+                majority_labels=fit.y,
                 validation_data=(validation.X, validation.y) if len(validation.y) else None,
                 overfitting_detection=self.config.training.overfitting_detection,
                 feature_names=fit.dataset.feature_names,
@@ -500,6 +512,15 @@ class _Run:
         output_path.parent.mkdir(parents=True, exist_ok=True)
         output_path.write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n", encoding="utf-8")
         return output_path
+
+
+def _import_plotting() -> None:
+    try:
+        from quanttrain.trainer import plots
+
+        plots.import_matplotlib()
+    except Exception:  # noqa: BLE001 - the plots step imports it again and reports any error there
+        logger.debug("importing matplotlib ahead of the plots failed", exc_info=True)
 
 
 def _period(segment: _Segment) -> list[str] | None:

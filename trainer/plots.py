@@ -17,10 +17,16 @@ EQUITY_CURVE_FILE = "equity_curve.png"
 DPI = 100
 
 
-def _figure(size: tuple[float, float]):
+def import_matplotlib():
+    """Import the parts of matplotlib that the plots use; return the figure and canvas classes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    return Figure, FigureCanvasAgg
+
+
+def _figure(size: tuple[float, float]):
+    Figure, FigureCanvasAgg = import_matplotlib()  # noqa: N806 (class names)
     figure = Figure(figsize=size)
     FigureCanvasAgg(figure)
     return figure
