@@ -127,8 +127,13 @@ class _Join:
 
     def check_links(self, strategy_keys: set[str]) -> None:
         """Report every row that names a strategy with no Strategy row."""
-        names = ", ".join(repr(row.values["strategy name"]) for row in self.reading.rows("strategy")
-                          if "strategy name" in row.values)
+        # A repeated name is reported on its own row, so it is listed once, as first written.
+        first_names: dict[str, str] = {}
+        for row in self.reading.rows("strategy"):
+            name = row.values.get("strategy name")
+            if isinstance(name, str):
+                first_names.setdefault(normalize_header(name), name)
+        names = ", ".join(repr(name) for name in first_names.values())
         for sheet_ in (s for s in self.reading.sheets.values() if s.sheet.link is Link.STRATEGY):
             for row in sheet_.rows:
                 if row.link() and row.link() not in strategy_keys:
@@ -537,7 +542,9 @@ def diff_documents(output_dir: Path, documents: dict[str, str], paths: Sequence[
 
 
 def write_documents(output_dir: Path, documents: dict[str, str], paths: Sequence[str]) -> dict[str, str]:
-    """Write changed documents atomically and remove stale ones; return what happened to each file.
+    """Write changed documents atomically and remove stale ones.
+
+    Return what happened to each file by name: "wrote", "unchanged" or "removed".
 
     Every new file is written to a temporary file first and only then renamed,
     so a failed write leaves the earlier files as they were.
@@ -561,7 +568,7 @@ def write_documents(output_dir: Path, documents: dict[str, str], paths: Sequence
         raise
     for name, temporary in pending:
         os.replace(temporary, output_dir / name)
-        outcome[name] = "written"
+        outcome[name] = "wrote"
     for path in stale_files(output_dir, documents, paths):
         path.unlink()
         outcome[path.name] = "removed"

@@ -538,11 +538,17 @@ def _sheet_is_empty(worksheet: Any) -> bool:
 def read_workbooks(paths: Sequence[str]) -> Reading:
     """Read every contract sheet from the given files; collect every problem instead of stopping."""
     reading = Reading(files=list(paths), sheets={}, problems=[])
+    unreadable = False
     for path in paths:
         try:
             cached_book, formula_book = _open(path)
+        except FileNotFoundError:
+            reading.problems.append(Problem(path, "", "", None, "file not found; check the path"))
+            unreadable = True
+            continue
         except (OSError, zipfile.BadZipFile, InvalidFileException, KeyError, ValueError) as error:
             reading.problems.append(Problem(path, "", "", None, f"cannot be read as an Excel workbook (.xlsx): {error}"))
+            unreadable = True
             continue
         # Chart sheets have no cells, so only worksheets are read.
         for cached_sheet in cached_book.worksheets:
@@ -550,7 +556,8 @@ def read_workbooks(paths: Sequence[str]) -> Reading:
                 continue
             _read_file_sheet(reading, path, cached_sheet, formula_book[cached_sheet.title])
 
-    for sheet in SHEETS:
+    # A missing sheet may well be in a file that could not be read, which is reported already.
+    for sheet in () if unreadable else SHEETS:
         if sheet.required and sheet.key not in reading.sheets:
             reading.problems.append(Problem(
                 ", ".join(paths) or "(no files)", sheet.name, "", None,

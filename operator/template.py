@@ -26,7 +26,7 @@ from quanttrain.operator.workbook import (
     sheet as contract_sheet,
     workbook_file_name,
 )
-from quanttrain.trainer.indicator_catalog import methods
+from quanttrain.trainer.indicator_catalog import DERIVED_METHODS, methods
 
 # Rows below the header that carry dropdowns and input limits.
 VALIDATED_ROWS = 1000
@@ -39,10 +39,21 @@ DOCUMENT_DATE = datetime.datetime(2024, 1, 1)
 HEADER_FILL = PatternFill("solid", fgColor="DDEBF7")
 
 
+# What to enter in the columns whose dropdown lists names but also takes typed text.
+_LIST_HINTS = {
+    "calculation method": "a TA-Lib function name such as RSI, MACD or ATR, or a derived method: "
+                          + ", ".join(DERIVED_METHODS) + ". Pick one from the list or type it.",
+    "strategy name": "the Strategy Name of a row on the Strategy sheet, or blank to apply this row "
+                     "to every strategy.",
+    "indicator name": "the Indicator Name of a row on the Indicators sheet.",
+}
+
+
 def _validation(column: Column, lists: dict[str, str]) -> DataValidation | None:
     """Return the dropdown or input limit for a column, or None when it takes free text."""
     bounds = column.bounds()
-    message = f"{column.header}: {column.allowed()}."
+    hint = _LIST_HINTS.get(column.key) if column.key in lists else None
+    message = f"{column.header}: {hint or column.allowed() + '.'}"
     if column.kind is Kind.CHOICE:
         validation = DataValidation(type="list", formula1='"' + ",".join(column.choices()) + '"')
     elif column.kind is Kind.BOOLEAN:
@@ -141,7 +152,8 @@ def write_templates(directory: Path, *, version: str = TEMPLATE_VERSION, force: 
     paths = template_paths(directory, version)
     existing = [str(path) for path in paths.values() if path.exists()]
     if existing and not force:
-        raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --force to overwrite")
+        verb = "already exists" if len(existing) == 1 else "already exist"
+        raise FileExistsError(f"{', '.join(existing)} {verb}; pass --force to overwrite")
     directory.mkdir(parents=True, exist_ok=True)
     for kind, path in paths.items():
         build_workbook(kind).save(path)

@@ -141,6 +141,27 @@ def test_unknown_strategy_reference_is_an_error(paths):
         "Strategy Name 'SP500 Momentum' matches no Strategy row; use one of: 'SP500 Momentum RF'")
 
 
+def test_unknown_strategy_reference_lists_each_name_once(paths):
+    edit(paths[STRATEGY], "Strategy", {"A3": "sp500 momentum RF"})
+    edit(paths[STRATEGY], "Models", {"A2": "SP500 Momentum"})
+
+    _, problems = jobs_from_workbooks(paths)
+
+    message = messages_at(problems, "Models", "A2")[0]
+    assert "use one of: 'SP500 Momentum RF', 'SP500 Volatility SVM', 'SP500 Signal LSTM', or leave" in message
+
+
+def test_write_outcomes_use_one_verb(paths, tmp_path):
+    jobs, _ = jobs_from_workbooks(paths)
+    documents = render_documents(jobs, paths)
+
+    first = write_documents(tmp_path / "jobs", documents, paths)
+    second = write_documents(tmp_path / "jobs", documents, paths)
+
+    assert set(first.values()) == {"wrote"}
+    assert set(second.values()) == {"unchanged"}
+
+
 def test_strategy_names_must_be_unique(paths):
     edit(paths[STRATEGY], "Strategy", {"A3": "sp500  MOMENTUM rf"})
 

@@ -477,3 +477,21 @@ def test_unreadable_file_is_an_error(paths, tmp_path):
     problems = read_workbooks(paths + [str(broken)]).problems
 
     assert [problem.file for problem in problems] == [str(broken)]
+
+
+def test_missing_file_is_one_problem(paths, tmp_path):
+    missing = str(tmp_path / "missing.xlsx")
+
+    problems = read_workbooks([missing]).problems
+
+    assert [(problem.file, problem.message) for problem in problems] == [(missing, "file not found; check the path")]
+
+
+def test_unreadable_file_skips_missing_sheet_problems(paths, tmp_path):
+    broken = tmp_path / "notes.txt"
+    broken.write_text("not a workbook")
+
+    problems = read_workbooks(paths[1:] + [str(broken)]).problems
+
+    assert len(problems) == 1
+    assert problems[0].message.startswith("cannot be read as an Excel workbook (.xlsx): ")

@@ -109,6 +109,30 @@ def test_calculation_method_dropdown_lists_known_methods(books):
     assert validations_by_column(workbook["Indicators"])["D"] == {"list"}
 
 
+@pytest.mark.parametrize(("book", "sheet", "cell", "expected"), [
+    ("INDICATORS", "Indicators", "D2", "Calculation Method: a TA-Lib function name such as RSI"),
+    ("INDICATORS", "Parameters", "A2", "Indicator Name: the Indicator Name of a row on the Indicators sheet"),
+    ("STRATEGY", "Models", "A2", "Strategy Name: the Strategy Name of a row on the Strategy sheet, or blank"),
+])
+def test_name_dropdowns_say_what_to_enter(books, book, sheet, cell, expected):
+    worksheet = books[f"ML_CONFIG_{book}_1.0.0.xlsx"][sheet]
+    validation = next(v for v in worksheet.data_validations.dataValidation if cell in v.sqref)
+
+    assert validation.error.startswith(expected)
+    assert validation.prompt == validation.error
+    assert len(validation.error) <= 225
+
+
+def test_template_names_one_existing_file_in_singular(tmp_path):
+    paths = write_templates(tmp_path)
+    for path in paths[1:]:
+        path.unlink()
+
+    with pytest.raises(FileExistsError) as raised:
+        write_templates(tmp_path)
+    assert str(raised.value) == f"{paths[0]} already exists; pass --force to overwrite"
+
+
 def test_link_columns_offer_names_from_same_workbook(books):
     strategy_book = books["ML_CONFIG_STRATEGY_1.0.0.xlsx"]
     indicator_book = books["ML_CONFIG_INDICATORS_1.0.0.xlsx"]
