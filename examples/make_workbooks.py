@@ -2,7 +2,8 @@
 
 Run from the project root: ``python examples/make_workbooks.py [DIR]`` (DIR
 defaults to this folder).  The rows start from the blank templates, so the
-examples carry the same dropdowns and header comments.  The bar data itself
+examples carry the same dropdowns and header comments, and unchanged rows
+give byte-identical files.  The bar data itself
 is exported at run time by ``python -m quanttrain.trainer.market_data
 examples/data`` and never committed.
 """
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from quanttrain.operator.template import build_workbook, template_paths
+from quanttrain.operator.template import build_workbook, save_workbook, template_paths
 from quanttrain.operator.workbook import WORKBOOKS
 
 DATASET = "examples/data/sp500_daily.csv"
@@ -131,7 +132,7 @@ def main(directory: Path) -> None:
     for kind, path in template_paths(directory).items():
         workbook = build_workbook(kind)
         fill(workbook, {sheet.name: ROWS.get(sheet.name, []) for sheet in WORKBOOKS[kind]})
-        workbook.save(path)
+        save_workbook(workbook, path)
         print(f"wrote {path}")
 
 

@@ -7,6 +7,9 @@ has the headers the reader expects.
 from __future__ import annotations
 
 import datetime
+import io
+import re
+import zipfile
 from pathlib import Path
 
 from openpyxl import Workbook
@@ -33,9 +36,12 @@ VALIDATED_ROWS = 1000
 # Hidden sheet listing the calculation methods: too many for an inline dropdown list,
 # whose formula Excel caps at 255 characters.  The reader ignores sheets starting with "_".
 LISTS_SHEET = "_Lists"
-# Creation date stored in the files.  NOTE: openpyxl stamps the modification
-# time on every save, so two runs still differ in docProps/core.xml.
+# Creation and modification date stored in the files, so that a rebuild gives the same bytes.
 DOCUMENT_DATE = datetime.datetime(2024, 1, 1)
+# The earliest time a zip entry can carry (MS-DOS time starts in 1980).
+ZIP_ENTRY_TIME = (1980, 1, 1, 0, 0, 0)
+# openpyxl 3.1 writes the time of the save here, whatever the workbook's properties say.
+_MODIFIED = re.compile(rb"(<dcterms:modified[^>]*>)[^<]*(</dcterms:modified>)")
 HEADER_FILL = PatternFill("solid", fgColor="DDEBF7")
 
 
@@ -143,6 +149,28 @@ def build_workbook(kind: str) -> Workbook:
     return workbook
 
 
+def save_workbook(workbook: Workbook, path: Path) -> None:
+    """Save a workbook so that the same content always gives the same bytes.
+
+    openpyxl stamps the time of the save on the modified property and on every
+    zip entry, so the archive is written again with fixed times.
+    """
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+    stamp = DOCUMENT_DATE.strftime("%Y-%m-%dT%H:%M:%SZ").encode()
+    output = io.BytesIO()
+    with zipfile.ZipFile(buffer) as source, zipfile.ZipFile(output, "w", zipfile.ZIP_DEFLATED) as target:
+        for entry in source.infolist():
+            data = source.read(entry)
+            if entry.filename == "docProps/core.xml":
+                data = _MODIFIED.sub(rb"\g<1>" + stamp + rb"\g<2>", data)
+            fixed = zipfile.ZipInfo(entry.filename, date_time=ZIP_ENTRY_TIME)
+            fixed.compress_type = zipfile.ZIP_DEFLATED
+            fixed.external_attr = 0o644 << 16
+            target.writestr(fixed, data)
+    path.write_bytes(output.getvalue())
+
+
 def template_paths(directory: Path, version: str = TEMPLATE_VERSION) -> dict[str, Path]:
     return {kind: directory / workbook_file_name(kind, version) for kind in WORKBOOKS}
 
@@ -156,5 +184,5 @@ def write_templates(directory: Path, *, version: str = TEMPLATE_VERSION, force: 
         raise FileExistsError(f"{', '.join(existing)} {verb}; pass --force to overwrite")
     directory.mkdir(parents=True, exist_ok=True)
     for kind, path in paths.items():
-        build_workbook(kind).save(path)
+        save_workbook(build_workbook(kind), path)
     return list(paths.values())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import runpy
+import zipfile
 from pathlib import Path
 
 import openpyxl
@@ -10,10 +12,11 @@ from openpyxl.utils import get_column_letter
 
 from quanttrain.operator.convert import build_jobs
 from quanttrain.operator.excel_reader import read_workbooks
-from quanttrain.operator.template import LISTS_SHEET, write_templates
+from quanttrain.operator.template import LISTS_SHEET, ZIP_ENTRY_TIME, write_templates
 from quanttrain.operator.workbook import SHEETS, WORKBOOKS, Kind, markdown_tables
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "excel.md"
+EXAMPLES = DOCS.parent.parent / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +186,26 @@ def test_docs_list_every_column():
     text = DOCS.read_text(encoding="utf-8")
 
     assert markdown_tables() in text, "docs/excel.md is stale: run python -m quanttrain.operator.workbook docs/excel.md"
+
+
+def test_templates_are_byte_reproducible(tmp_path):
+    first = write_templates(tmp_path / "first")
+    second = write_templates(tmp_path / "second")
+
+    assert [path.read_bytes() for path in first] == [path.read_bytes() for path in second]
+
+
+def test_template_carries_no_save_time(templates):
+    with zipfile.ZipFile(templates[0]) as archive:
+        times = {entry.date_time for entry in archive.infolist()}
+        core = archive.read("docProps/core.xml").decode()
+
+    assert times == {ZIP_ENTRY_TIME}
+    assert '<dcterms:modified xsi:type="dcterms:W3CDTF">2024-01-01T00:00:00Z</dcterms:modified>' in core
+
+
+def test_committed_examples_match_their_script(tmp_path):
+    runpy.run_path(str(EXAMPLES / "make_workbooks.py"))["main"](tmp_path)
+
+    for path in sorted(tmp_path.glob("*.xlsx")):
+        assert path.read_bytes() == (EXAMPLES / path.name).read_bytes(), path.name
