@@ -58,6 +58,24 @@ def test_validate_reports_both_cells(broken, capsys):
     assert errors[2] == "2 problem(s) found; the workbooks are not valid"
 
 
+def test_validate_reports_missing_file_once(tmp_path, capsys):
+    missing = str(tmp_path / "missing.xlsx")
+
+    status = main(["validate", missing])
+
+    assert status == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"{missing}: file not found; check the path", "1 problem(s) found; the workbooks are not valid"]
+
+
+def test_convert_and_template_say_wrote(workbooks, tmp_path, capsys):
+    main(["template", str(tmp_path / "templates")])
+    main(["convert", *workbooks, "--output-dir", str(tmp_path / "jobs")])
+
+    verbs = {line.split()[0] for line in capsys.readouterr().out.splitlines()}
+    assert verbs == {"wrote"}
+
+
 def test_convert_writes_one_file_per_strategy(workbooks, tmp_path):
     status = main(["convert", *workbooks, "--output-dir", str(tmp_path / "jobs"), "--namespace", "trading"])
 
