@@ -242,6 +242,8 @@ def _rule_inputs(path: Path_, spec: MLTrainingJobSpec) -> list[Path_] | None:
     None means the rule is not listed here, so it is trusted only when every
     field of the strategy came from a valid cell.
     """
+    # NOTE: mirrors the rules of trainer.config.rule_violations and spec_rule_violations; a rule
+    # added there stays silent beside invalid cells until it is listed here.
     names: list[Path_] = [("indicators", index, "name") for index in range(len(spec.indicators))]
     match path:
         case ("features", "trainSplitRatio" | "validationSplitRatio"):
