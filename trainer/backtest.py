@@ -7,8 +7,8 @@ models rather than predict live results:
   the close of a bar from that bar's prediction and filled at the same close.
   Decisions are taken every Rebalance Frequency (converted to bars, at least one).
 * Signals: long where the probability of the up class (UP, BUY, 1, ...)
-  reaches the confidence threshold; for SIGNAL targets also short where the
-  probability of SELL reaches it; flat otherwise.  A VOLATILITY target has no
+  reaches the confidence threshold.  SIGNAL targets also go short where the
+  probability of SELL reaches it.  Otherwise the position is flat.  A VOLATILITY target has no
   direction to trade, so it gets no strategy metrics.
 * Position size, as a fraction of equity held through the trade:
   FIXED is Max Position Size; KELLY is ``p - (1 - p) / b`` from the hit rate

@@ -185,8 +185,8 @@ class _Run:
         logger.info("training %s (%s, %s) as %s", strategy.name, strategy.model_type.value,
                     strategy.prediction_target.value, self.strategy_key)
         if registry_dir is not None:
-            # matplotlib takes about half a second to import; the search and the fit release the
-            # GIL for most of their time, so the import overlaps with them instead of adding to the run.
+            # matplotlib takes about half a second to import.  The search and the fit release the
+            # GIL for most of their time, so importing it in a thread hides that cost behind them.
             threading.Thread(target=_import_plotting, name="import-matplotlib", daemon=True).start()
         dataset, bars, data_facts = self.load()
         train, fit, validation, test, split_facts = self.split(dataset, bars)
