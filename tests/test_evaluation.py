@@ -134,3 +134,16 @@ def test_evaluate_uses_permutation_importance_without_native_ones():
     )
     assert report.importance_method == "permutation"
     assert report.feature_importances[0].name == "signal"
+
+
+def test_confusion_matrix_count_on_the_lightest_cell_is_black():
+    from quanttrain.trainer.plots import count_colors
+
+    # Every count exceeds half the largest, yet 95 is drawn in the lightest blue.
+    assert count_colors([[100, 95], [98, 99]])[0][1] == "black"
+
+
+def test_confusion_matrix_count_on_the_darkest_cell_is_white():
+    from quanttrain.trainer.plots import count_colors
+
+    assert count_colors([[100, 95], [98, 99]])[0][0] == "white"

@@ -41,11 +41,22 @@ def plot_confusion_matrix(matrix: list[list[int]] | np.ndarray, classes: list[st
     figure.colorbar(image, ax=axes)
     axes.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
              xlabel="Predicted class", ylabel="True class", title="Confusion matrix (test rows)")
-    middle = matrix.max() / 2 if matrix.size else 0
+    colors = count_colors(matrix)
     for (row, column), count in np.ndenumerate(matrix):
-        axes.text(column, row, str(count), ha="center", va="center",
-                  color="white" if count > middle else "black")
+        axes.text(column, row, str(count), ha="center", va="center", color=colors[row][column])
     return _save(figure, path)
+
+
+def count_colors(matrix: list[list[int]] | np.ndarray) -> list[list[str]]:
+    """Return the text colour of each cell's count: white on the darker half of the colour scale.
+
+    imshow maps the smallest count to the lightest colour and the largest to
+    the darkest, so the switch sits at the middle of that range, not at half
+    the largest count.
+    """
+    matrix = np.asarray(matrix)
+    middle = (matrix.min() + matrix.max()) / 2 if matrix.size else 0
+    return [["white" if count > middle else "black" for count in row] for row in matrix]
 
 
 def plot_roc_curve(y_true: np.ndarray, positive_scores: np.ndarray, roc_auc: float | None, path: Path) -> Path:
