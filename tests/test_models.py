@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -23,9 +25,6 @@ from quanttrain.trainer.models import (
 )
 
 torch.set_num_threads(1)
-
-# SVC(probability=True) is deprecated since scikit-learn 1.9; the factory notes why it still uses it.
-pytestmark = pytest.mark.filterwarnings("ignore:The `probability` parameter was deprecated:FutureWarning")
 
 MODEL_TYPES = ["RANDOM_FOREST", "XGB", "SVM", "LSTM"]
 # Small, fast settings per model type, so each fit takes well under a second.
@@ -132,6 +131,17 @@ def test_unknown_search_parameter_names_its_field():
 def test_reserved_parameter_names_its_setting():
     with pytest.raises(ValueError, match="'random_state' is set by training.randomSeed"):
         make_estimator(job_config("SVM", modelParameters={"random_state": 1}))
+
+
+def test_svm_fits_calibrated_probabilities_without_warnings():
+    X, y = trend_data(200)
+    pipeline = make_estimator(job_config("SVM", modelParameters=FAST_PARAMETERS["SVM"]))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipeline.fit(X, y)
+
+    assert np.allclose(pipeline.predict_proba(X).sum(axis=1), 1.0)
 
 
 def test_model_param_names_lists_tunable_names():

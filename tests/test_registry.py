@@ -59,6 +59,7 @@ METADATA = {"modelType": "TEST", "metrics": {"accuracy": 0.6}, "gate": {"passed"
 @pytest.mark.parametrize(("model_type", "parameters", "model_file"), [
     ("RANDOM_FOREST", {"n_estimators": 20, "max_depth": 4}, "model.skops"),
     ("XGB", {"n_estimators": 30, "max_depth": 3}, "model.ubj"),
+    ("SVM", {"C": 1.0}, "model.skops"),
     ("LSTM", {"hidden_size": 8, "max_epochs": 2, "sequence_length": 5}, "model.pt"),
 ])
 def test_saved_model_predicts_the_same_after_loading(tmp_path, model_type, parameters, model_file):

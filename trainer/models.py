@@ -48,7 +48,7 @@ _RESERVED_PARAMETERS: dict[ModelType, dict[str, str]] = {
     },
     ModelType.SVM: {
         "random_state": "training.randomSeed",
-        "probability": "the trainer (probabilities are needed for ROC AUC and the confidence threshold)",
+        "probability": "the trainer (it calibrates the SVC's decision values into probabilities)",
     },
     ModelType.LSTM: {
         "random_state": "training.randomSeed",
@@ -229,11 +229,9 @@ def _build_model(config: TrainingJobConfig, params: dict[str, Any], n_classes: i
     if model_type is ModelType.RANDOM_FOREST:
         return RandomForestClassifier(random_state=seed, **params)
     if model_type is ModelType.SVM:
-        # libsvm fits Platt scaling on an internal 5-fold split of the training rows only.
-        # TODO: scikit-learn 1.9 deprecates probability=True (removed in 1.11) for
-        # CalibratedClassifierCV(SVC(), ensemble=False); switch once the registry
-        # trusts sklearn.calibration's _CalibratedClassifier and _SigmoidCalibration.
-        return SVC(probability=True, random_state=seed, **params)
+        # Platt scaling is fitted on out-of-fold decision values of a 5-fold split of the training rows
+        # only; ensemble=False then refits one SVC on all of them, as SVC(probability=True) did.
+        return CalibratedClassifierCV(SVC(random_state=seed, **params), method="sigmoid", ensemble=False)
     if model_type is ModelType.XGB:
         return _build_xgb(config, params, n_classes, gap)
     return _build_lstm(config, params, gap)

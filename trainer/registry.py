@@ -68,6 +68,9 @@ MODEL_JSON_FILE = "model.json"
 # Each is a plain data holder or a class of this project with no custom loading.
 TRUSTED_TYPES = frozenset({
     "sklearn.tree._tree.Tree",
+    # The SVM's probability calibration: an SVC and one fitted sigmoid per class.
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
     "quanttrain.trainer.features.FeatureScaler",
 })
 
