@@ -15,7 +15,13 @@ from sklearn.pipeline import Pipeline
 from quanttrain.trainer.config import load_job_config
 from quanttrain.trainer.features import make_feature_scaler
 from quanttrain.trainer.models import make_estimator
-from quanttrain.trainer.registry import ModelRegistry, RegistryError, TamperedArtifactError, sha256_file
+from quanttrain.trainer.registry import (
+    GateFailedError,
+    ModelRegistry,
+    RegistryError,
+    TamperedArtifactError,
+    sha256_file,
+)
 
 FEATURES = ["rsi", "momentum", "volume_ratio"]
 
@@ -123,6 +129,33 @@ def test_promote_rejects_unknown_version(tmp_path):
     registry.save("registry-test", pipeline, metadata=METADATA)
     with pytest.raises(RegistryError, match="no version '7'"):
         registry.promote("registry-test", "7", "production")
+
+
+FAILED_GATE = {**METADATA, "gate": {"passed": False, "reasons": ["test accuracy 0.5000 is below 0.5500"]}}
+
+
+def test_promote_rejects_version_that_failed_the_gate(tmp_path):
+    pipeline, _ = _fitted("RANDOM_FOREST", n_estimators=5)
+    registry = ModelRegistry(tmp_path)
+    registry.save("registry-test", pipeline, metadata=FAILED_GATE)
+
+    with pytest.raises(GateFailedError) as raised:
+        registry.promote("registry-test", "1", "production")
+
+    assert "version 1" in str(raised.value)
+    assert "test accuracy 0.5000 is below 0.5500" in str(raised.value)
+    assert "--force" in str(raised.value)
+    assert registry.aliases("registry-test") == {}
+
+
+def test_promote_with_force_sets_alias_of_failed_version(tmp_path):
+    pipeline, _ = _fitted("RANDOM_FOREST", n_estimators=5)
+    registry = ModelRegistry(tmp_path)
+    registry.save("registry-test", pipeline, metadata=FAILED_GATE)
+
+    registry.promote("registry-test", "1", "production", force=True)
+
+    assert registry.aliases("registry-test") == {"production": "1"}
 
 
 def test_tampered_model_file_is_rejected(tmp_path):

@@ -231,6 +231,22 @@ def test_changed_result_file_is_not_served(registry, tmp_path):
         ServedModel.load(copied, STRATEGY_KEY)
 
 
+def test_model_that_failed_the_gate_is_served_with_a_warning(registry, tmp_path, caplog):
+    import shutil
+
+    copied = tmp_path / "registry"
+    shutil.copytree(registry, copied)
+    metadata_path = copied / STRATEGY_KEY / "1" / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata["gate"] = {"passed": False, "reasons": ["test accuracy 0.4800 is below Min Accuracy Threshold 0.5500"]}
+    metadata_path.write_text(json.dumps(metadata))
+
+    with caplog.at_level("WARNING", logger="quanttrain.trainer.serving"):
+        ServedModel.load(copied, STRATEGY_KEY)
+
+    assert "failed the performance gate: test accuracy 0.4800 is below" in caplog.text
+
+
 def test_model_description_names_version_classes_and_metrics(model, registry):
     metadata = json.loads((registry / STRATEGY_KEY / "1" / "metadata.json").read_text())
     described = model.describe()

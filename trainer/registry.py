@@ -84,6 +84,10 @@ class RegistryError(Exception):
     """A registry request that cannot be served: unknown strategy, version or alias, or a bad file."""
 
 
+class GateFailedError(RegistryError):
+    """A promotion of a version that failed the performance gate, requested without ``force``."""
+
+
 class TamperedArtifactError(RegistryError):
     """A model file whose sha256 differs from the one recorded when it was saved."""
 
@@ -216,14 +220,27 @@ class ModelRegistry:
             draft.commit(metadata)
         return reference
 
-    def promote(self, strategy: str, version: str, alias: str) -> dict[str, str]:
-        """Point ``alias`` at ``version`` of ``strategy``; return the strategy's aliases."""
+    def promote(self, strategy: str, version: str, alias: str, *, force: bool = False) -> dict[str, str]:
+        """Point ``alias`` at ``version`` of ``strategy``; return the strategy's aliases.
+
+        Raises:
+            GateFailedError: the version failed the performance gate and ``force`` is false.
+            RegistryError: the alias is invalid or the version does not exist.
+        """
         if not _ALIAS_PATTERN.match(alias):
             raise RegistryError(
                 f"invalid alias {alias!r}: use lower-case letters, digits and hyphens, starting with a letter "
                 "(for example production or staging)"
             )
-        self._version_path(strategy, str(version))
+        gate = self._metadata(self._version_path(strategy, str(version))).get("gate", {})
+        if gate.get("passed") is False and not force:
+            reasons = "; ".join(gate.get("reasons", [])) or "no reason recorded"
+            raise GateFailedError(
+                f"version {version} of {strategy!r} failed the performance gate ({reasons}); "
+                f"alias {alias!r} not set (use --force to promote it anyway)"
+            )
+        if gate.get("passed") is False:
+            logger.warning("promoting version %s of %s, which failed the performance gate", version, strategy)
         folder = self.root / strategy
         with open(folder / f".{ALIASES_FILE}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

@@ -422,6 +422,10 @@ class ServedModel:
                     context)
         logger.info("loaded %s version %s: %d features, %d bars of warm-up", model.strategy, model.version,
                     len(features), model.warmup_bars)
+        gate = loaded.metadata.get("gate", {})
+        if gate.get("passed") is False:
+            logger.warning("serving %s version %s, which failed the performance gate: %s", model.strategy,
+                           model.version, "; ".join(gate.get("reasons", [])) or "no reason recorded")
         return model
 
     @property
