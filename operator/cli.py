@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Modules that add subcommands, in the order they appear in --help.
@@ -31,7 +32,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; each sets ``func`` on its parser and returns an exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader closed stdout early (``quanttrain models show ... | head``).  As the Python
+        # documentation's SIGPIPE note advises, point stdout at devnull so that the flush at exit
+        # does not raise again, and end quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return status
 
 
 if __name__ == "__main__":

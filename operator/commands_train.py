@@ -43,9 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.set_defaults(func=run_train)
 
     models = subparsers.add_parser("models", help="list, show and promote registered models",
-                                   description="Inspect the model registry and move aliases such as production.")
-    models.add_argument("--registry", default=None, metavar="DIR",
-                        help=f"model registry folder (default: ${REGISTRY_ENV}, else ./{DEFAULT_REGISTRY})")
+                                   description="Inspect the model registry and move aliases such as production. "
+                                               "Exit status: 0 done, 2 invalid input (unknown registry folder, "
+                                               "strategy, version or alias, or a version that failed the gate).")
+    registry_help = f"model registry folder (default: ${REGISTRY_ENV}, else ./{DEFAULT_REGISTRY})"
+    models.add_argument("--registry", default=None, metavar="DIR", help=registry_help)
     actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     listing = actions.add_parser("list", help="one line per registered version")
@@ -62,7 +64,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     promote.add_argument("strategy", help="strategy name or job name")
     promote.add_argument("version", help="version number to promote")
     promote.add_argument("--alias", required=True, help="alias to set, for example production or staging")
+    promote.add_argument("--force", action="store_true",
+                         help="promote the version even though it failed the performance gate")
     promote.set_defaults(func=run_models_promote)
+
+    # --registry is accepted after the action too.  SUPPRESS leaves the value given before the
+    # action in place when it is not repeated, instead of resetting it to a default.
+    for action in (listing, show, promote):
+        action.add_argument("--registry", default=argparse.SUPPRESS, metavar="DIR", help=registry_help)
 
 
 # -- train ---------------------------------------------------------------------------
@@ -208,9 +217,15 @@ def _baseline(scores: dict[str, float], key: str | None) -> str:
 
 
 def _registry(args: argparse.Namespace):
+    """Return the registry that ``--registry`` names, or None after reporting that its folder is missing."""
     from quanttrain.trainer.registry import ModelRegistry
 
-    return ModelRegistry(args.registry or _default_registry())
+    registry = ModelRegistry(args.registry or _default_registry())
+    if not registry.root.is_dir():
+        print(f"quanttrain models {args.action}: registry folder not found: {registry.root} "
+              f"(pass --registry DIR or set ${REGISTRY_ENV})", file=sys.stderr)
+        return None
+    return registry
 
 
 def _strategy_key(text: str) -> str:
@@ -219,6 +234,8 @@ def _strategy_key(text: str) -> str:
 
 def run_models_list(args: argparse.Namespace) -> int:
     registry = _registry(args)
+    if registry is None:
+        return EXIT_CONFIG_ERROR
     rows = registry.list()
     if not rows:
         print(f"no models registered in {registry.root}")
@@ -235,11 +252,14 @@ def run_models_list(args: argparse.Namespace) -> int:
 def run_models_show(args: argparse.Namespace) -> int:
     from quanttrain.trainer.registry import RegistryError
 
+    registry = _registry(args)
+    if registry is None:
+        return EXIT_CONFIG_ERROR
     try:
-        metadata = _registry(args).show(_strategy_key(args.strategy), args.version, args.alias)
+        metadata = registry.show(_strategy_key(args.strategy), args.version, args.alias)
     except RegistryError as error:
         print(f"quanttrain models show: {error}", file=sys.stderr)
-        return EXIT_RETRYABLE
+        return EXIT_CONFIG_ERROR
     print(json.dumps(metadata, indent=2, sort_keys=True))
     return EXIT_OK
 
@@ -247,11 +267,14 @@ def run_models_show(args: argparse.Namespace) -> int:
 def run_models_promote(args: argparse.Namespace) -> int:
     from quanttrain.trainer.registry import RegistryError
 
+    registry = _registry(args)
+    if registry is None:
+        return EXIT_CONFIG_ERROR
     strategy = _strategy_key(args.strategy)
     try:
-        _registry(args).promote(strategy, args.version, args.alias)
+        registry.promote(strategy, args.version, args.alias, force=args.force)
     except RegistryError as error:
         print(f"quanttrain models promote: {error}", file=sys.stderr)
-        return EXIT_RETRYABLE
+        return EXIT_CONFIG_ERROR
     print(f"{strategy}: alias {args.alias} now points at version {args.version}")
     return EXIT_OK

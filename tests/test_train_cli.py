@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,16 +102,76 @@ def test_train_unknown_strategy_exits_two(project, capsys, monkeypatch):
     assert "no strategy named 'No Such Strategy'" in capsys.readouterr().err
 
 
-def test_train_job_yaml_with_failed_gate_exits_three(project, tmp_path, capsys, monkeypatch):
+@pytest.fixture(scope="module")
+def failed(project, tmp_path_factory):
+    """Train a job whose gate fails (Min Accuracy Threshold 0.99); return its status, output and registry."""
+    folder = tmp_path_factory.mktemp("failed")
+    monkeypatch = pytest.MonkeyPatch()
     monkeypatch.chdir(project)
-    assert main(["convert", *[f"examples/{path.name}" for path in WORKBOOKS], "--output-dir", str(tmp_path)]) == 0
-    job_file = tmp_path / "sp500-momentum-rf.yaml"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["convert", *[f"examples/{path.name}" for path in WORKBOOKS], "--output-dir", str(folder)]) == 0
+    job_file = folder / "sp500-momentum-rf.yaml"
     job = yaml.safe_load(job_file.read_text())
     job["spec"]["training"].update({"minAccuracyThreshold": 0.99, "cvFolds": 2,
                                     "modelParameters": {"n_estimators": 20, "max_depth": 3}})
     job_file.write_text(yaml.safe_dump(job))
-    capsys.readouterr()
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        status = main(["train", str(job_file), "--registry", str(folder / "registry")])
+    monkeypatch.undo()
+    return status, buffer.getvalue(), folder / "registry"
 
-    status = main(["train", str(job_file), "--registry", str(tmp_path / "registry")])
+
+def test_train_job_yaml_with_failed_gate_exits_three(failed):
+    status, output, _ = failed
     assert status == EXIT_GATE_FAILED
-    assert "gate: FAILED: test accuracy" in capsys.readouterr().out
+    assert "gate: FAILED: test accuracy" in output
+
+
+def test_models_promote_rejects_failed_gate(failed, capsys):
+    _, _, registry = failed
+    status = main(["models", "promote", "sp500-momentum-rf", "1", "--alias", "production", "--registry", str(registry)])
+    error = capsys.readouterr().err
+    assert status == EXIT_CONFIG_ERROR
+    assert "version 1" in error
+    assert "below Min Accuracy Threshold 0.9900" in error
+    assert "--force" in error
+
+
+def test_models_promote_with_force_sets_alias(failed, capsys):
+    _, _, registry = failed
+    status = main(["models", "promote", "sp500-momentum-rf", "1", "--alias", "staging", "--force",
+                   "--registry", str(registry)])
+    assert status == EXIT_OK
+    assert "alias staging now points at version 1" in capsys.readouterr().out
+
+
+def test_models_list_accepts_registry_after_the_action(trained, project, capsys):
+    assert main(["models", "list", "--registry", str(project / "registry")]) == EXIT_OK
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert rows[0][:2] == ["sp500-momentum-rf", "1"]
+
+
+def test_models_list_missing_registry_folder_exits_two(tmp_path, capsys):
+    missing = tmp_path / "no-such-registry"
+    assert main(["models", "list", "--registry", str(missing)]) == EXIT_CONFIG_ERROR
+    assert f"registry folder not found: {missing}" in capsys.readouterr().err
+
+
+def test_models_promote_unknown_version_exits_two(trained, project, capsys):
+    status = main(["models", "promote", "sp500-momentum-rf", "9", "--alias", "production",
+                   "--registry", str(project / "registry")])
+    assert status == EXIT_CONFIG_ERROR
+    assert "its versions: 1" in capsys.readouterr().err
+
+
+def test_models_show_into_closed_pipe_ends_quietly(trained, project):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte, as after `| head` has read enough
+    with os.fdopen(write_end, "wb") as closed_stdout:
+        finished = subprocess.run(
+            [sys.executable, "-m", "quanttrain.operator.cli", "models", "show", "sp500-momentum-rf",
+             "--registry", str(project / "registry")],
+            stdout=closed_stdout, stderr=subprocess.PIPE, text=True, timeout=120, check=False)
+    assert "Traceback" not in finished.stderr
+    assert "BrokenPipeError" not in finished.stderr
