@@ -12,6 +12,9 @@ Rank 0 (every process outside torchrun) writes the compact summary JSON to the
 termination log, which Kubernetes shows as the container's termination
 message and the operator copies into the job's status.  On an error the
 termination log receives the error text instead.
+
+Under :mod:`quanttrain.trainer.launcher` (distributed pods) each worker also
+records its final code for the launcher, which torchrun alone would lose.
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from quanttrain.trainer import distributed
+from quanttrain.trainer.launcher import record_exit_code
 from quanttrain.trainer.summary import (
     EXIT_CONFIG_ERROR,
     EXIT_OK,
     EXIT_RETRYABLE,
     MAX_SUMMARY_BYTES,
+    PERMANENT_EXIT_CODES,
 )
 
 logger = logging.getLogger("quanttrain.trainer")
@@ -160,4 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Under torchrun every rank exits with rank 0's code when rank 0 can still be reached.
-    return distributed.finish(run(args))
+    return exit_status(distributed.finish(run(args)))
+
+
+def exit_status(code: int) -> int:
+    """Return the status this process exits with once ``code`` is final.
+
+    Under the launcher (:mod:`quanttrain.trainer.launcher`) the code is recorded for it,
+    and a recorded permanent code becomes 0.  So torchrun does not restart the workers
+    for a failure that would repeat, and the launcher exits with the recorded code.
+    """
+    if record_exit_code(code) and code in PERMANENT_EXIT_CODES:
+        return EXIT_OK
+    return code
