@@ -249,6 +249,26 @@ def test_lstm_num_threads_applies_during_fit_only(monkeypatch):
     assert torch.get_num_threads() == before
 
 
+def test_lstm_fits_with_one_thread_by_default(monkeypatch):
+    X, y = lagged_sign_data(60)
+    seen = []
+    original = LSTMClassifier._train_epoch
+
+    def record_threads(self, *args):
+        seen.append(torch.get_num_threads())
+        return original(self, *args)
+
+    monkeypatch.setattr(LSTMClassifier, "_train_epoch", record_threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        small_lstm(max_epochs=1).fit(X, y)
+    finally:
+        torch.set_num_threads(before)
+
+    assert seen == [1]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback on machines without CUDA")
 def test_lstm_auto_device_is_cpu_without_cuda():
     X, y = lagged_sign_data(40)

@@ -89,6 +89,27 @@ def test_training_window_caps_the_fit_rows(forest):
     assert split["trainRows"] > split["fitRows"]
 
 
+def test_search_error_names_its_field_once(data_dir, tmp_path):
+    config = _config(training={"hyperparameterOptimization": "GRID_SEARCH",
+                               "searchSpace": {"depth": [2, 3]}})
+    with pytest.raises(JobInputError) as raised:
+        train_job(config, registry_dir=tmp_path, base_dir=data_dir, progress=False)
+    assert str(raised.value).startswith("training.searchSpace: unknown RANDOM_FOREST parameter(s) 'depth'")
+    assert str(raised.value).count("training.searchSpace") == 1
+
+
+def test_xgboost_early_stopping_drops_the_lookahead(data_dir, tmp_path):
+    config = _config(
+        strategy={"modelType": "XGB", "predictionTarget": "VOLATILITY"},
+        training={"modelParameters": {"n_estimators": 20, "max_depth": 2}, "earlyStopping": True,
+                  "earlyStoppingPatience": 3},
+    )
+    train_job(config, registry_dir=tmp_path, base_dir=data_dir, progress=False)
+    described = json.loads((tmp_path / "pipeline-test" / "1" / "model.json").read_text())
+    # A VOLATILITY label looks 20 bars ahead; the bar interval is left to inference here.
+    assert described["holdoutEarlyStopping"]["validationGap"] == 20
+
+
 def test_result_holds_search_baselines_backtest_and_complexity(forest):
     result = forest.result
     assert result["search"]["n_trials"] == 1

@@ -108,13 +108,15 @@ class LSTMClassifier(ClassifierMixin, BaseEstimator):
         it was written for the same parameters and data.
     checkpoint_every : int, default=5
         Epochs between checkpoints.
-    num_threads : int or None, default=None
+    num_threads : int or None, default=1
         PyTorch CPU threads during ``fit`` and ``predict_proba``, restored
-        afterwards; None keeps the process's setting.  PyTorch's default of
-        one thread per core does not follow a container's CPU quota, and on a
-        busy machine the extra threads mostly wait.  Measured on a loaded
-        2-core machine, a 20-epoch fit on 252 rows took 8.4 s with 2 threads
-        and 0.55 s with 1.
+        afterwards; None keeps the process's setting.  The default of one
+        thread suits the small networks and batches of a trading strategy,
+        whose operations are too small to split across cores.  PyTorch's own
+        default of one thread per core also ignores a container's CPU quota.
+        Measured on a loaded 2-core machine, a 20-epoch fit on 252 rows took
+        8.4 s with 2 threads and 0.55 s with 1.  Set a larger number, or None,
+        for a network large enough to keep several cores busy.
     """
 
     def __init__(self, hidden_size: int = 32, num_layers: int = 1, dropout: float = 0.0,
@@ -122,7 +124,7 @@ class LSTMClassifier(ClassifierMixin, BaseEstimator):
                  batch_size: int = 64, max_epochs: int = 50, patience: int | None = 10,
                  validation_fraction: float = 0.1, validation_gap: int = 0, device: str = "auto",
                  random_state: int | None = None, checkpoint_dir: str | None = None,
-                 checkpoint_every: int = 5, num_threads: int | None = None):
+                 checkpoint_every: int = 5, num_threads: int | None = 1):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.dropout = dropout

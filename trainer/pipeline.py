@@ -311,8 +311,10 @@ class _Run:
         from quanttrain.trainer.models import make_estimator
 
         def build(params: dict[str, Any] | None = None):
+            # Early stopping drops the label look-ahead between its training and evaluation rows.
             return make_estimator(self.config, params, n_classes=len(dataset.classes),
-                                  preprocessor=make_feature_scaler(self.config, dataset.feature_names))
+                                  preprocessor=make_feature_scaler(self.config, dataset.feature_names),
+                                  validation_gap=dataset.horizon)
 
         return build
 
@@ -338,7 +340,10 @@ class _Run:
             except SplitError as error:
                 raise JobInputError(f"training.cvFolds: {error}") from error
             except (SearchError, ValueError) as error:
-                raise JobInputError(f"training.searchSpace: {error}") from error
+                message = str(error)
+                # Most search errors already name their field (training.searchSpace.C: ...).
+                raise JobInputError(message if message.startswith("training.") else
+                                    f"training.searchSpace: {message}") from error
 
     # -- 4. fit -----------------------------------------------------------------
 
