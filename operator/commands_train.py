@@ -149,12 +149,15 @@ def format_outcome(outcome, spec) -> str:
     """Render a training outcome as the readable report that ``quanttrain train`` prints."""
     summary = outcome.summary
     evaluation = summary.evaluation
-    period = outcome.result.get("split", {}).get("testPeriod") or ["?", "?"]
+    split = outcome.result.get("split", {})
+    period = split.get("testPeriod") or ["?", "?"]
+    fit_period = split.get("fitPeriod") or ["?", "?"]
 
     lines = [
         "",
         f"{summary.strategy} ({summary.model_type}, {spec.strategy.prediction_target.value}): "
         f"{evaluation.test_rows} test rows from {period[0][:10]} to {period[-1][:10]}",
+        f"final model fitted on {split.get('fitRows', '?')} rows from {fit_period[0][:10]} to {fit_period[-1][:10]}",
         "",
         *_metric_table(evaluation, outcome.baselines, spec.strategy.confidence_threshold),
         "",

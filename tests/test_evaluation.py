@@ -136,6 +136,20 @@ def test_evaluate_uses_permutation_importance_without_native_ones():
     assert report.feature_importances[0].name == "signal"
 
 
+def test_overfitting_check_scores_the_check_estimator():
+    rng = np.random.default_rng(9)
+    X, y = _frame(rng, 300)
+    check = Pipeline([("preprocess", "passthrough"), ("model", LogisticRegression())]).fit(X[:150], y[:150])
+    # The final model trained on the validation rows too, so it must not judge overfitting.
+    final = Pipeline([("preprocess", "passthrough"), ("model", LogisticRegression())]).fit(X[:250], y[:250])
+    report = evaluation.evaluate(
+        final, X[250:], y[250:], ["0", "1"], confidence_threshold=0.6,
+        train_data=(X[:150], y[:150]), validation_data=(X[150:250], y[150:250]), check_estimator=check,
+    )
+    assert report.evaluation.train_accuracy == evaluation.accuracy_on(check, X[:150], y[:150])
+    assert report.evaluation.validation_accuracy == evaluation.accuracy_on(check, X[150:250], y[150:250])
+
+
 def test_confusion_matrix_count_on_the_lightest_cell_is_black():
     from quanttrain.trainer.plots import count_colors
 

@@ -78,14 +78,30 @@ def test_summary_fits_the_termination_message(forest):
 
 def test_test_period_starts_after_training_rows(forest):
     split = forest.result["split"]
-    assert pd.Timestamp(split["fitPeriod"][1]) < pd.Timestamp(split["validationPeriod"][0])
+    assert pd.Timestamp(split["overfittingCheckPeriod"][1]) < pd.Timestamp(split["validationPeriod"][0])
     assert pd.Timestamp(split["validationPeriod"][1]) < pd.Timestamp(split["testPeriod"][0])
+    assert pd.Timestamp(split["fitPeriod"][1]) < pd.Timestamp(split["testPeriod"][0])
+
+
+def test_final_fit_ends_the_lookahead_before_the_test_period(forest, data_dir):
+    split = forest.result["split"]
+    timestamps = build_dataset(load_bars(data_dir / "sp500_daily.csv"), _config()).timestamps
+    last_fit = timestamps.get_loc(pd.Timestamp(split["fitPeriod"][1]))
+    first_test = timestamps.get_loc(pd.Timestamp(split["testPeriod"][0]))
+    horizon = forest.result["data"]["horizonBars"]
+    assert first_test - horizon - 1 <= last_fit < first_test - horizon
+
+
+def test_final_fit_includes_the_newest_validation_rows(forest):
+    split = forest.result["split"]
+    assert split["fitPeriod"][1] == split["validationPeriod"][1]
 
 
 def test_training_window_caps_the_fit_rows(forest):
     split = forest.result["split"]
     # 365 calendar days of daily bars hold about 252 trading days.
     assert 240 <= split["fitRows"] <= 260
+    assert split["overfittingCheckRows"] == split["fitRows"]
     assert split["trainRows"] > split["fitRows"]
 
 

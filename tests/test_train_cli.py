@@ -60,6 +60,13 @@ def test_train_prints_metrics_beside_baselines(trained):
     assert any(line.startswith("accuracy ") and len(line.split()) == 4 for line in output.splitlines())
 
 
+def test_train_prints_the_final_fit_period(trained):
+    _, output = trained
+    line = next(line for line in output.splitlines() if line.startswith("final model fitted on "))
+    assert line.split()[5] == "rows"
+    assert "from 2015-" in line
+
+
 def test_train_prints_parameters_gate_and_model(trained):
     _, output = trained
     assert "best parameters: max_depth=5, n_estimators=200" in output

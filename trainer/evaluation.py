@@ -250,8 +250,13 @@ def feature_importances(
     X=None,
     y=None,
     random_seed: int = 0,
+    permutation_estimator=None,
 ) -> tuple[list[FeatureImportance], str]:
-    """Rank features by the model's own importances, else by permutation importance on ``X``, largest first."""
+    """Rank features by the model's own importances, else by permutation importance on ``X``, largest first.
+
+    ``permutation_estimator`` (default ``estimator``) is the model whose
+    permutation importance is measured: one that did not train on ``X``.
+    """
     from quanttrain.trainer.models import native_feature_importances
 
     values = native_feature_importances(estimator, feature_names)
@@ -259,7 +264,8 @@ def feature_importances(
     if values is None:
         if X is None or y is None or len(y) == 0:
             return [], "none"
-        values = _permutation_importances(estimator, X, y, feature_names, random_seed)
+        scored = permutation_estimator if permutation_estimator is not None else estimator
+        values = _permutation_importances(scored, X, y, feature_names, random_seed)
         method = "permutation"
     if isinstance(values, dict):
         pairs = list(values.items())
@@ -298,6 +304,7 @@ def evaluate(
     probabilities: np.ndarray | None = None,
     validation_probabilities: np.ndarray | None = None,
     majority_labels: np.ndarray | None = None,
+    check_estimator=None,
 ) -> EvaluationReport:
     """Evaluate a fitted classifier on the test rows.
 
@@ -309,9 +316,15 @@ def evaluate(
     ``probabilities`` replaces ``estimator.predict_proba(X_test)`` when the
     caller predicted the test rows itself (a sequence model given the rows
     before the test period as history), and ``validation_probabilities``
-    likewise for the validation rows.  ``majority_labels`` are the labels the
-    majority class is taken from when ``train_data`` holds only some of them.
+    likewise for the validation rows, predicted by ``check_estimator``.
+    ``majority_labels`` are the labels the majority class is taken from when
+    ``train_data`` holds only some of them.
+    ``check_estimator`` (default ``estimator``) is the model fitted on
+    ``train_data`` alone, before the validation rows: the overfitting check
+    and the permutation importance on the validation rows use it, because
+    ``estimator`` may have trained on those rows.
     """
+    check_estimator = check_estimator if check_estimator is not None else estimator
     n_classes = len(classes)
     y_test = np.asarray(y_test, dtype=np.int64)
     if probabilities is None:
@@ -328,8 +341,8 @@ def evaluate(
     baselines = baseline_scores(y_test, n_classes, majority_class=majority_class, known_labels=known_labels)
 
     overfitting = overfitting_check(
-        accuracy_on(estimator, X_train, y_train),
-        accuracy_on(estimator, X_validation, y_validation) if validation_probabilities is None
+        accuracy_on(check_estimator, X_train, y_train),
+        accuracy_on(check_estimator, X_validation, y_validation) if validation_probabilities is None
         else _accuracy_from(validation_probabilities, y_validation),
         enabled=overfitting_detection,
     )
@@ -341,6 +354,7 @@ def evaluate(
         X=X_validation if has_validation else X_test,
         y=y_validation if has_validation else y_test,
         random_seed=random_seed,
+        permutation_estimator=check_estimator if has_validation else estimator,
     )
 
     evaluation = Evaluation(

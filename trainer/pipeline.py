@@ -9,11 +9,14 @@ Steps, in order:
 3. cross-validate on the training segment with walk-forward folds (gap of at
    least the look-ahead, training rows capped by Training Window) and search
    the hyperparameters within Max Training Time;
-4. fit the best parameters on the newest Training Window rows of the training
-   segment;
-5. evaluate on the test segment (the validation segment serves the
-   overfitting check, permutation importance and the Kelly hit rate) and
-   backtest the model's signals;
+4. fit the final model with the best parameters on the newest Training Window
+   rows that end the look-ahead before the test period (so it trains on the
+   validation rows), and a second, overfitting-check model on the Training
+   Window rows before the validation period;
+5. evaluate the final model on the test segment (the overfitting-check model's
+   predictions of the validation segment serve the overfitting check,
+   permutation importance and the Kelly hit rate) and backtest the final
+   model's signals;
 6. apply the performance gate (Min Accuracy Threshold, Overfitting
    Detection);
 7. register the model with its metadata, plots and full result, and write the
@@ -189,12 +192,16 @@ class _Run:
             # GIL for most of their time, so importing it in a thread hides that cost behind them.
             threading.Thread(target=_import_plotting, name="import-matplotlib", daemon=True).start()
         dataset, bars, data_facts = self.load()
-        train, fit, validation, test, split_facts = self.split(dataset, bars)
+        train, check, fit, validation, test, split_facts = self.split(dataset, bars)
         search = self.search(train, dataset, split_facts["trainingWindowRows"])
-        model = self.fit(fit, search.best_params, dataset)
+        model = self.fit(fit, search.best_params, dataset, "the final model", self.checkpoint_dir)
         if model is None:
             return None  # a torchrun rank other than 0 whose part ended with the search
-        report, test_probabilities = self.evaluate(model, fit, validation, test, search)
+        check_model = None
+        if len(validation.y):
+            check_dir = self.checkpoint_dir / "overfitting-check" if self.checkpoint_dir is not None else None
+            check_model = self.fit(check, search.best_params, dataset, "the overfitting-check model", check_dir)
+        report, test_probabilities = self.evaluate(model, check_model, fit, check, validation, test, search)
         backtest = self.backtest(model, validation, test, test_probabilities)
         if backtest is not None:
             report.evaluation.strategy_metrics = backtest.metrics
@@ -265,28 +272,34 @@ class _Run:
             raise JobInputError(f"features.trainSplitRatio: {error}") from error
 
         window = max_train_rows(dataset.timestamps[indices.train], self.config.strategy.training_window_days)
-        fit_rows = indices.train[-window:]
-        fit = self._segment(dataset, bars, fit_rows)
+        check = self._segment(dataset, bars, indices.train[-window:])
         validation = self._separate_or(features.validation_dataset, "features.validationDataset",
-                                       self._segment(dataset, bars, indices.validation), fit)
+                                       self._segment(dataset, bars, indices.validation), check)
+        # The final model trains on the newest Training Window before the test period. Its last
+        # label ends before the first test bar, or at the end of the training file when the test
+        # rows come from a file of their own.
+        separate_test = bool(features.test_dataset)
+        end = len(dataset) if separate_test or not indices.test.size else int(indices.test[0]) - dataset.horizon
+        fit = self._segment(dataset, bars, np.arange(max(0, end - window), end))
         test = self._separate_or(features.test_dataset, "features.testDataset",
                                  self._segment(dataset, bars, indices.test), fit)
         if len(test.y) == 0:
             raise JobInputError("features.validationSplitRatio: no test rows are left; lower a ratio or set Test Dataset")
         facts = {
             "gapRows": dataset.horizon, "trainingWindowRows": int(window), "trainRows": int(indices.train.size),
-            "fitRows": int(fit_rows.size), "validationRows": len(validation.y), "testRows": len(test.y),
-            "fitPeriod": _period(fit), "validationPeriod": _period(validation), "testPeriod": _period(test),
+            "fitRows": len(fit.y), "overfittingCheckRows": len(check.y), "validationRows": len(validation.y),
+            "testRows": len(test.y), "fitPeriod": _period(fit), "overfittingCheckPeriod": _period(check),
+            "validationPeriod": _period(validation), "testPeriod": _period(test),
         }
         logger.info("split: %s", facts)
-        return self._segment(dataset, bars, indices.train), fit, validation, test, facts
+        return self._segment(dataset, bars, indices.train), check, fit, validation, test, facts
 
     @staticmethod
     def _segment(dataset, bars, rows: np.ndarray) -> _Segment:
         return _Segment(dataset.X.iloc[rows], dataset.y[rows], rows, dataset, bars)
 
     def _separate_or(self, path_text: str | None, field: str, default: _Segment, fit: _Segment) -> _Segment:
-        """Load a separate Validation or Test Dataset when one is set; it must start after the fit rows."""
+        """Load a separate Validation or Test Dataset when one is set; it must start after the ``fit`` rows."""
         from quanttrain.trainer.data import DataError, load_bars
 
         if not path_text:
@@ -347,7 +360,8 @@ class _Run:
 
     # -- 4. fit -----------------------------------------------------------------
 
-    def fit(self, fit: _Segment, params: dict[str, Any], dataset):
+    def fit(self, fit: _Segment, params: dict[str, Any], dataset, role: str, checkpoint_dir: Path | None):
+        """Fit ``role`` (the final or the overfitting-check model) on the ``fit`` rows; None on ranks without a part."""
         from quanttrain.trainer import distributed
 
         estimator = self.estimator_factory(dataset)(params)
@@ -356,10 +370,13 @@ class _Run:
         if self.config.strategy.model_type is ModelType.LSTM or distributed.current_context().is_distributed:
             from quanttrain.trainer.ddp_lstm import prepare_final_fit
 
-            estimator = prepare_final_fit(estimator, self.checkpoint_dir)
+            estimator = prepare_final_fit(estimator, checkpoint_dir)
         if estimator is None:
             return None  # under torchrun, models other than the LSTM train on rank 0 alone
-        with self.progress.step(f"fitting the model on {len(fit.y)} rows with {params or 'default parameters'}"):
+        first, last = _period(fit)
+        label = (f"fitting {role} on {len(fit.y)} rows from {first} to {last} "
+                 f"with {params or 'default parameters'}")
+        with self.progress.step(label):
             return estimator.fit(fit.X, fit.y)
 
     def checkpoint_folder(self, registry_dir: Path) -> Path | None:
@@ -372,20 +389,24 @@ class _Run:
 
     # -- 5. evaluation and backtest ----------------------------------------------
 
-    def evaluate(self, model, fit: _Segment, validation: _Segment, test: _Segment, search):
+    def evaluate(self, model, check_model, fit: _Segment, check: _Segment, validation: _Segment, test: _Segment,
+                 search):
         from quanttrain.trainer.evaluation import evaluate, persistence_labels
 
         strategy = self.config.strategy
+        # Without validation rows there is no overfitting-check model, and the final model's own fit rows
+        # give the training accuracy.
+        check_rows = check if check_model is not None else fit
         with self.progress.step(f"evaluating on {len(test.y)} test rows"):
             probabilities = self.predict(model, test)
             # Kept for the backtest's Kelly hit rate, so the validation rows are predicted once.
-            self.validation_probabilities = self.predict(model, validation) if len(validation.y) else None
+            self.validation_probabilities = self.predict(check_model, validation) if check_model is not None else None
             report = evaluate(
                 model, test.X, test.y, test.dataset.classes,
                 confidence_threshold=strategy.confidence_threshold,
                 # The newest label known at row t is that of row t - lookahead (20 bars for VOLATILITY).
                 known_labels=persistence_labels(test.dataset.y, test.rows, test.dataset.horizon),
-                train_data=(fit.X.iloc[-TRAIN_ACCURACY_MAX_ROWS:], fit.y[-TRAIN_ACCURACY_MAX_ROWS:]),
+                train_data=(check_rows.X.iloc[-TRAIN_ACCURACY_MAX_ROWS:], check_rows.y[-TRAIN_ACCURACY_MAX_ROWS:]),
                 majority_labels=fit.y,
                 validation_data=(validation.X, validation.y) if len(validation.y) else None,
                 overfitting_detection=self.config.training.overfitting_detection,
@@ -394,6 +415,7 @@ class _Run:
                 random_seed=self.config.training.random_seed,
                 probabilities=probabilities,
                 validation_probabilities=self.validation_probabilities,
+                check_estimator=check_model,
             )
         return report, probabilities
 
