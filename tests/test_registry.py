@@ -79,6 +79,16 @@ def test_saved_model_predicts_the_same_after_loading(tmp_path, model_type, param
     assert np.allclose(loaded.model.predict_proba(X), pipeline.predict_proba(X))
 
 
+@pytest.mark.parametrize("model_type", ["RANDOM_FOREST", "SVM"])
+def test_same_model_saves_with_the_same_sha256(tmp_path, model_type):
+    registry = ModelRegistry(tmp_path)
+    first = registry.save("registry-test", _fitted(model_type)[0], metadata=METADATA)
+    second = registry.save("registry-test", _fitted(model_type)[0], metadata=METADATA)
+
+    assert first.sha256 == second.sha256
+    assert first.sha256 == registry.show("registry-test", "1")["modelSha256"]
+
+
 def test_versions_count_up_and_never_overwrite(tmp_path):
     pipeline, _ = _fitted("RANDOM_FOREST", n_estimators=5)
     registry = ModelRegistry(tmp_path)

@@ -16,7 +16,8 @@ without it is an unfinished save and is ignored.
 Models are stored in formats whose loading runs no code from the file:
 
 * scikit-learn pipelines (RANDOM_FOREST, SVM): ``model.skops``, loaded by
-  ``skops.io`` with the explicit :data:`TRUSTED_TYPES`;
+  ``skops.io`` with the explicit :data:`TRUSTED_TYPES`, and rewritten after
+  saving so that the same model always gives the same bytes and sha256;
 * XGBoost: ``model.ubj`` (XGBoost's own UBJSON format), plus the
   preprocessing steps and the wrapper settings in ``model.json``;
 * LSTM: ``model.pt``, a ``torch.save`` of tensors and plain values read with
@@ -416,6 +417,7 @@ def _dump_skops(obj, path: Path) -> None:
     import skops.io
 
     skops.io.dump(obj, path)
+    _make_skops_deterministic(path)
     untrusted = sorted(set(skops.io.get_untrusted_types(file=path)) - TRUSTED_TYPES)
     if untrusted:
         path.unlink()
@@ -424,6 +426,58 @@ def _dump_skops(obj, path: Path) -> None:
             "add a type to TRUSTED_TYPES in quanttrain.trainer.registry only after checking that loading it "
             "runs no code"
         )
+
+
+# The zip entries' timestamp: the earliest a zip file can record.
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def _make_skops_deterministic(path: Path) -> None:
+    """Rewrite a skops file so that the same model always gives the same bytes.
+
+    skops names each array file and marks each object (``__id__``) with the
+    object's ``id()``, which differs between runs, and stamps every entry with
+    the current time.  The ids are renumbered in the order they first appear
+    in ``schema.json``, so objects that shared an id still share one, and the
+    entries are written in name order with a fixed time.
+    """
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        schema = json.loads(archive.read("schema.json"))
+        contents = {info.filename: (archive.read(info), info.compress_type) for info in archive.infolist()}
+    numbers: dict[int, int] = {}
+
+    def renumber(identity: int) -> int:
+        return numbers.setdefault(identity, len(numbers) + 1)
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, list):
+            return [rewrite(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        rewritten = {}
+        for key, value in node.items():
+            if key == "__id__" and isinstance(value, int):
+                value = renumber(value)
+            elif key == "file" and isinstance(value, str) and value.split(".")[0].isdigit():
+                stem, _, suffix = value.partition(".")
+                value = f"{renumber(int(stem))}.{suffix}"
+            rewritten[key] = rewrite(value)
+        return rewritten
+
+    schema = rewrite(schema)
+    renamed = {"schema.json": (json.dumps(schema, indent=2).encode("utf-8"), contents["schema.json"][1])}
+    for name, (data, compression) in contents.items():
+        stem, _, suffix = name.partition(".")
+        if name != "schema.json":
+            renamed[f"{renumber(int(stem))}.{suffix}" if stem.isdigit() else name] = (data, compression)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with zipfile.ZipFile(temporary, "w") as archive:
+        for name in sorted(renamed):
+            data, compression = renamed[name]
+            archive.writestr(zipfile.ZipInfo(name, date_time=_ZIP_EPOCH), data, compress_type=compression)
+    os.replace(temporary, path)
 
 
 def _load_skops(path: Path):
