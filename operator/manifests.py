@@ -38,6 +38,11 @@ POD_GROUP_API_VERSION = "scheduling.volcano.sh/v1beta1"
 # Shared memory for torch's DataLoader workers and gloo; the container default is 64 MiB.
 SHM_SIZE_LIMIT = "1Gi"
 TMP_SIZE_LIMIT = "2Gi"
+# torchrun under the trainer's launcher, which keeps the workers' permanent exit codes.
+TRAINER_LAUNCHER_MODULE = "quanttrain.trainer.launcher"
+# Seconds the c10d rendezvous store client waits to connect to pod 0 and for each store operation
+# (torch's default is 60): pod 0's DNS record may appear only after its container starts.
+RENDEZVOUS_READ_TIMEOUT_SECONDS = 300
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +258,7 @@ def trainer_command(
     job: JobIdentity, spec: MLTrainingJobSpec, settings: OperatorSettings, registry_path: str,
     data_path: str | None = None,
 ) -> list[str]:
-    """``python -m quanttrain.trainer`` on one node; the same module under torchrun when distributed."""
+    """``python -m quanttrain.trainer`` on one node; the same module under the torchrun launcher when distributed."""
     trainer_args = [
         "--spec", JOB_FILE, "--registry", registry_path, "--termination-log", TERMINATION_LOG,
     ]
@@ -262,17 +267,19 @@ def trainer_command(
     if not spec.distributed.enabled:
         return ["python", "-m", "quanttrain.trainer", *trainer_args]
     endpoint = f"{job.name}-0.{service_name(job.name)}.{job.namespace}.svc:{settings.rendezvous_port}"
-    # NOTE: torchrun exits with code 1 when a worker fails, whatever the worker's own exit code.
-    # So the pod failure policy's permanent codes take effect on single-node runs only, and a
-    # distributed job with a bad config fails after backoffLimit retries.
+    # torch parses --rdzv-conf as comma-separated key=value pairs.
+    rendezvous_conf = (
+        f"join_timeout={settings.rendezvous_timeout_seconds},read_timeout={RENDEZVOUS_READ_TIMEOUT_SECONDS}"
+    )
+    # The launcher runs torchrun and exits with the workers' permanent codes, which torchrun turns into 1.
     return [
-        "torchrun",
+        "python", "-m", TRAINER_LAUNCHER_MODULE,
         f"--nnodes={node_count(spec)}",
         f"--nproc-per-node={spec.distributed.procs_per_node}",
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint={endpoint}",
         f"--rdzv-id={job.uid}",
-        f"--rdzv-conf=join_timeout={settings.rendezvous_timeout_seconds}",
+        f"--rdzv-conf={rendezvous_conf}",
         f"--max-restarts={settings.torchrun_max_restarts}",
         "-m", "quanttrain.trainer",
         *trainer_args,

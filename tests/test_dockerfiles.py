@@ -201,8 +201,10 @@ def test_operator_pods_run_the_trainer_entrypoint() -> None:
     single_node = manifests.trainer_command(job, spec, OperatorSettings(), "/registry")
     assert single_node[: len(entrypoint)] == entrypoint
     under_torchrun = manifests.trainer_command(job, distributed, OperatorSettings(), "/registry")
-    assert under_torchrun[0] == "torchrun"
-    assert under_torchrun[under_torchrun.index("-m") + 1] == entrypoint[-1]
+    launcher = [*entrypoint[:-1], manifests.TRAINER_LAUNCHER_MODULE]
+    assert under_torchrun[: len(launcher)] == launcher
+    assert (ROOT / "trainer" / "launcher.py").exists(), f"`python -m {launcher[-1]}` needs trainer/launcher.py"
+    assert under_torchrun[under_torchrun.index("-m", len(launcher)) + 1] == entrypoint[-1]
 
 
 def test_operator_pods_run_as_the_image_user() -> None:

@@ -113,15 +113,21 @@ def test_single_node_runs_the_trainer_directly():
     ]
 
 
-def test_distributed_runs_torchrun_with_pod_zero_as_endpoint():
+def test_distributed_runs_torchrun_through_the_launcher_with_pod_zero_as_endpoint():
     command = container(children("distributed")["Job"])["command"]
-    assert command[:6] == [
-        "torchrun", "--nnodes=2", "--nproc-per-node=4", "--rdzv-backend=c10d",
+    assert command[:8] == [
+        "python", "-m", "quanttrain.trainer.launcher", "--nnodes=2", "--nproc-per-node=4", "--rdzv-backend=c10d",
         "--rdzv-endpoint=sp500-rf-0.sp500-rf-workers.quant.svc:29500", f"--rdzv-id={JOB.uid}",
     ]
     assert "--max-restarts=3" in command
-    assert "--rdzv-conf=join_timeout=900" in command
-    assert command[command.index("-m") + 1] == "quanttrain.trainer"
+    assert command[command.index("-m", 3) + 1] == "quanttrain.trainer"
+
+
+def test_distributed_rendezvous_conf_parses_as_torch_reads_it():
+    rendezvous_utils = pytest.importorskip("torch.distributed.elastic.rendezvous.utils")
+    command = container(children("distributed")["Job"])["command"]
+    conf = next(part.split("=", 1)[1] for part in command if part.startswith("--rdzv-conf="))
+    assert rendezvous_utils._parse_rendezvous_config(conf) == {"join_timeout": "900", "read_timeout": "300"}
 
 
 def test_pod_failure_policy_fails_on_permanent_exit_codes():
