@@ -150,14 +150,14 @@ def test_overfitting_check_scores_the_check_estimator():
     assert report.evaluation.validation_accuracy == evaluation.accuracy_on(check, X[150:250], y[150:250])
 
 
-def test_confusion_matrix_count_on_the_lightest_cell_is_black():
+def test_lightest_cell_count_is_black():
     from quanttrain.trainer.plots import count_colors
 
     # Every count exceeds half the largest, yet 95 is drawn in the lightest blue.
     assert count_colors([[100, 95], [98, 99]])[0][1] == "black"
 
 
-def test_confusion_matrix_count_on_the_darkest_cell_is_white():
+def test_darkest_cell_count_is_white():
     from quanttrain.trainer.plots import count_colors
 
     assert count_colors([[100, 95], [98, 99]])[0][0] == "white"

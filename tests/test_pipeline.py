@@ -83,7 +83,7 @@ def test_test_period_starts_after_training_rows(forest):
     assert pd.Timestamp(split["fitPeriod"][1]) < pd.Timestamp(split["testPeriod"][0])
 
 
-def test_final_fit_ends_the_lookahead_before_the_test_period(forest, data_dir):
+def test_final_fit_ends_before_test_lookahead(forest, data_dir):
     split = forest.result["split"]
     timestamps = build_dataset(load_bars(data_dir / "sp500_daily.csv"), _config()).timestamps
     last_fit = timestamps.get_loc(pd.Timestamp(split["fitPeriod"][1]))

@@ -231,7 +231,7 @@ def test_changed_result_file_is_not_served(registry, tmp_path):
         ServedModel.load(copied, STRATEGY_KEY)
 
 
-def test_model_that_failed_the_gate_is_served_with_a_warning(registry, tmp_path, caplog):
+def test_failed_gate_model_serves_with_warning(registry, tmp_path, caplog):
     import shutil
 
     copied = tmp_path / "registry"
