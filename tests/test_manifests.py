@@ -113,7 +113,7 @@ def test_single_node_runs_the_trainer_directly():
     ]
 
 
-def test_distributed_runs_torchrun_through_the_launcher_with_pod_zero_as_endpoint():
+def test_distributed_runs_launcher_with_pod_zero_endpoint():
     command = container(children("distributed")["Job"])["command"]
     assert command[:8] == [
         "python", "-m", "quanttrain.trainer.launcher", "--nnodes=2", "--nproc-per-node=4", "--rdzv-backend=c10d",
@@ -123,7 +123,7 @@ def test_distributed_runs_torchrun_through_the_launcher_with_pod_zero_as_endpoin
     assert command[command.index("-m", 3) + 1] == "quanttrain.trainer"
 
 
-def test_distributed_rendezvous_conf_parses_as_torch_reads_it():
+def test_rendezvous_conf_parses_with_torch():
     rendezvous_utils = pytest.importorskip("torch.distributed.elastic.rendezvous.utils")
     command = container(children("distributed")["Job"])["command"]
     conf = next(part.split("=", 1)[1] for part in command if part.startswith("--rdzv-conf="))
