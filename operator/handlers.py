@@ -343,6 +343,7 @@ async def reconcile(
             job=job,
             pods=tuple(pods_by_owner.get(key, [])),
             rejected_paths=tuple(rejected),
+            pod_state_grace_seconds=runtime.settings.pod_state_grace_seconds,
         )
         seen.update(job=job, body=fresh)
         return job_status.desired_status(fresh.get("status") or {}, observation)

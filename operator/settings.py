@@ -77,6 +77,11 @@ class OperatorSettings(BaseModel):
     resync_seconds: float = Field(
         default=60.0, gt=0, description="Maximum time between two status checks of a running job without any event."
     )
+    pod_state_grace_seconds: float = Field(
+        default=30.0, ge=0,
+        description="How long to wait, once the Job has finished, for the final states of its pods (the trainer's "
+        "summary among them) to be observed before the outcome is written without them.",
+    )
 
     @field_validator("trainer_image_pull_secrets", mode="before")
     @classmethod

@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import enum
 import json
+import math
 from typing import Any, Literal, Mapping
 
 from pydantic import Field, ValidationError
@@ -146,6 +147,7 @@ class JobFacts:
     start_time: str | None = None
     completion_time: str | None = None
     complete: bool = False
+    finished_at: str | None = None
     failed_reason: str | None = None
     failed_message: str = ""
     applied_fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -204,6 +206,7 @@ def job_facts(job: Mapping[str, Any]) -> JobFacts:
         start_time=status.get("startTime"),
         completion_time=status.get("completionTime"),
         complete="Complete" in conditions,
+        finished_at=status.get("completionTime") or (failed.get("lastTransitionTime") if failed else None),
         failed_reason=failed.get("reason") if failed else None,
         failed_message=(failed.get("message") or "") if failed else "",
         applied_fields=_applied_fields(job, spec),
@@ -243,6 +246,8 @@ class Observation:
     pods: tuple[PodFacts, ...] = ()
     rejected_paths: tuple[str, ...] = ()
     now: str = dataclasses.field(default_factory=now_rfc3339)
+    # Seconds to wait for pod states that lag behind the Job's own outcome.
+    pod_state_grace_seconds: float = 0.0
 
 
 def desired_status(current: Mapping[str, Any], seen: Observation) -> dict[str, Any]:
@@ -259,11 +264,41 @@ def desired_status(current: Mapping[str, Any], seen: Observation) -> dict[str, A
         return status
 
     _set_condition(status, seen, ConditionType.CREATED, True, Reason.JOB_CREATED, f"created Job {seen.job.name}")
+    if _pod_states_lag_behind(seen):
+        return _progress(status, seen)
     if seen.job.complete:
         return _succeed(status, seen)
     if seen.job.failed_reason is not None:
         return _fail(status, seen)
     return _progress(status, seen)
+
+
+def _pod_states_lag_behind(seen: Observation) -> bool:
+    """Tell whether the Job finished before the pods' final states were observed, within the grace period.
+
+    NB: the Job and its pods arrive through separate watch streams, so the
+    Job's Complete or Failed condition may be seen before pod 0's termination
+    message.  A terminal phase is final, so it waits for the pods a little.
+    """
+    job = seen.job
+    if job is None or not (job.complete or job.failed_reason is not None) or job.finished_at is None:
+        return False
+    if job.complete:
+        observed = _index_zero(seen.pods, succeeded=True) is not None
+    else:
+        observed = sum(1 for pod in seen.pods if pod.exit_code not in (None, 0)) >= job.failed
+    if observed:
+        return False
+    return _seconds_between(job.finished_at, seen.now) < seen.pod_state_grace_seconds
+
+
+def _seconds_between(earlier: str, later: str) -> float:
+    try:
+        start = datetime.datetime.fromisoformat(earlier.replace("Z", "+00:00"))
+        end = datetime.datetime.fromisoformat(later.replace("Z", "+00:00"))
+    except ValueError:
+        return math.inf  # an unreadable time must not hold the outcome back
+    return (end - start).total_seconds()
 
 
 def _progress(status: dict[str, Any], seen: Observation) -> dict[str, Any]:

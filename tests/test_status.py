@@ -72,6 +72,44 @@ def test_complete_job_copies_the_summary_of_index_zero():
     assert condition(result, "Succeeded")["reason"] == "TrainingSucceeded"
 
 
+def test_completion_waits_for_pod_zero_within_grace():
+    finished = job(complete=True, completion_time=NOW, finished_at=NOW)
+    result = desired({"phase": "Running"}, job=finished, pods=(pod(0, "Running"),), pod_state_grace_seconds=30)
+    assert result["phase"] == "Running"
+    assert "completionTime" not in result
+
+
+def test_completion_uses_summary_once_pod_zero_is_seen():
+    finished = job(complete=True, completion_time=NOW, finished_at=NOW)
+    pods = (pod(0, "Succeeded", 0, summary(0.61)),)
+    result = desired({"phase": "Running"}, job=finished, pods=pods, pod_state_grace_seconds=30)
+    assert result["phase"] == "Succeeded"
+    assert result["evaluation"]["accuracy"] == 0.61
+
+
+def test_completion_stops_waiting_after_grace():
+    finished = job(complete=True, completion_time=NOW, finished_at=NOW)
+    result = desired({"phase": "Running"}, job=finished, pods=(pod(0, "Running"),), now=LATER,
+                     pod_state_grace_seconds=30)
+    assert result["phase"] == "Succeeded"
+    assert "no summary" in result["message"]
+
+
+def test_failure_waits_for_every_failed_pod_within_grace():
+    failed = job(failed=2, failed_reason="BackoffLimitExceeded", finished_at=NOW)
+    pods = (pod(0, "Failed", 1, "first", name="rf-0-a"), pod(0, "Running", name="rf-0-b"))
+    result = desired({"phase": "Running"}, job=failed, pods=pods, pod_state_grace_seconds=30)
+    assert result["phase"] == "Running"
+
+
+def test_failure_names_the_last_pod_once_seen():
+    failed = job(failed=2, failed_reason="BackoffLimitExceeded", finished_at=NOW)
+    pods = (pod(0, "Failed", 1, "first", name="rf-0-a"), pod(0, "Failed", 1, "RuntimeError: second", name="rf-0-b"))
+    result = desired({"phase": "Running"}, job=failed, pods=pods, pod_state_grace_seconds=30)
+    assert result["phase"] == "Failed"
+    assert "rf-0-b" in result["message"]
+
+
 def test_success_without_summary_says_so():
     result = desired({}, job=job(complete=True), pods=(pod(0, "Succeeded", 0, "plain log line"),))
     assert result["phase"] == "Succeeded"
