@@ -6,8 +6,10 @@ Three measurements, each the median of several runs:
   bare script in a subprocess that does the same work with the libraries
   called directly.  The bare script reads the CSV, computes the features with
   TA-Lib, labels the bars and splits them chronologically.  It then
-  cross-validates on the same walk-forward folds, fits on the Training Window
-  rows, scores the test rows and saves the booster.  Both pay their imports.  quanttrain also writes the plots, the
+  cross-validates on the same walk-forward folds, fits the overfitting-check
+  model on the Training Window before the validation rows and scores them,
+  fits the final model on the Training Window that ends a horizon before the
+  test rows, scores the test rows and saves the booster.  Both pay their imports.  quanttrain also writes the plots, the
   registry metadata, the backtest and the result JSON.  Target: within 1.15x.
 * :func:`quanttrain.trainer.evaluation.evaluate` on 1M predictions given as
   probabilities, beside scikit-learn's metric functions.  Target: 0.5 s.
@@ -97,8 +99,16 @@ def bare_training(csv_path: str, output_dir: str) -> None:
         model.fit(X_train[fit_rows], y_train[fit_rows])
         (model.predict(X_train[score_rows]) == y_train[score_rows]).mean()
 
+    # The overfitting check: a model on the window before the validation rows, scored on them.
+    check = XGBClassifier(tree_method="hist", random_state=1, **MODEL_PARAMETERS)
+    check.fit(X_train[-WINDOW_ROWS:], y_train[-WINDOW_ROWS:])
+    validation = slice(n_train, n_train + n_validation)
+    (check.predict(X[validation]) == y[validation]).mean()
+
+    # The final model: the newest window that ends a horizon before the test rows.
+    final_end = n_train + n_validation - HORIZON_BARS - 1
     model = XGBClassifier(tree_method="hist", random_state=1, **MODEL_PARAMETERS)
-    model.fit(X_train[-WINDOW_ROWS:], y_train[-WINDOW_ROWS:])
+    model.fit(X[max(0, final_end - WINDOW_ROWS):final_end], y[max(0, final_end - WINDOW_ROWS):final_end])
     probabilities = model.predict_proba(X[test])
     predicted = probabilities.argmax(axis=1)
     (predicted == y[test]).mean(), f1_score(y[test], predicted, average="weighted"), roc_auc_score(y[test], probabilities[:, 1])

@@ -339,7 +339,11 @@ class FeatureScaler(TransformerMixin, BaseEstimator):
     def transform(self, X):  # noqa: N803
         check_is_fitted(self, "center_")
         values = validate_data(self, X, dtype=np.float64, ensure_all_finite="allow-nan", reset=False)
-        scaled = (values - self.center_) / self.scale_ * self.weight_
+        if not (self.center_.any() or (self.scale_ != 1).any() or (self.weight_ != 1).any()):
+            return values  # nothing to scale: skip the copies, which cost most on large inputs
+        scaled = values - self.center_
+        scaled /= self.scale_
+        scaled *= self.weight_
         return scaled[:, self.keep_]
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
