@@ -94,6 +94,8 @@ def follow(evaluate: Evaluate, n_jobs: int = 1) -> Any:
 def _evaluate_share(batch: list[dict[str, Any]], evaluate: Evaluate, n_jobs: int) -> list[search_module.Trial]:
     """Evaluate trials rank, rank+W, ... of ``batch`` and gather every rank's trials in batch order."""
     context = distributed.current_context()
+    # TODO: hand out trials from a shared counter instead of a fixed stride, so a rank that
+    # finishes early takes the next one; with the stride, a batch waits for its slowest trial.
     positions = list(range(context.rank, len(batch), context.world_size))
     local = search_module.run_locally([batch[index] for index in positions], evaluate, n_jobs) if positions else []
     # Trials can outlast the collective timeout, so the gather waits as long as the slowest share takes.
