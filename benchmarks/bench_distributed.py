@@ -88,19 +88,7 @@ def _search(config, X, y, horizon: int, task: dict) -> dict:
     return {
         "trials": trials, "seconds": seconds, "trials_per_minute": 60 * trials / seconds,
         "cpu_seconds_per_trial": cpu_seconds / trials,
-        "balance_bound": _balance_bound([trial.seconds for trial in result.trials],
-                                        distributed.current_context().world_size),
     }
-
-
-def _balance_bound(trial_seconds: list[float], ranks: int) -> float:
-    """Return the speed-up over one rank that the batches allow when every rank has a core of its own.
-
-    A batch of ``ranks`` trials lasts as long as its slowest trial, so this is
-    the summed trial time over the summed batch maxima, from measured trial times.
-    """
-    batches = [trial_seconds[start:start + ranks] for start in range(0, len(trial_seconds), ranks)]
-    return sum(trial_seconds) / sum(max(batch) for batch in batches)
 
 
 def _lstm(X, y, task: dict) -> dict:
@@ -169,9 +157,7 @@ def main() -> int:
                      single_rank["trials_per_minute"], two_ranks["trials_per_minute"]))
         notes.append(
             f"{model}: CPU s per trial {single_rank['cpu_seconds_per_trial']:.2f} (1 rank) and "
-            f"{two_ranks['cpu_seconds_per_trial']:.2f} (2 ranks, both ranks' CPU time); "
-            f"speed-up that the batches of measured trial times allow on 2 free cores: "
-            f"{two_ranks['balance_bound']:.2f}x"
+            f"{two_ranks['cpu_seconds_per_trial']:.2f} (2 ranks, both ranks' CPU time)"
         )
     task = {"kind": "lstm", "model": "LSTM", "epochs": args.epochs, "gpu": args.gpu,
             "batch_size": args.lstm_batch, "hidden_size": args.lstm_hidden}

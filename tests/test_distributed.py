@@ -304,14 +304,21 @@ def test_checkpoint_directory_is_per_configuration(tmp_path):
 
 
 class _TwoRankFake:
-    """Plays rank 1 for rank 0's collectives: it evaluates its share of every broadcast batch."""
+    """Plays rank 1 for rank 0's collectives: it takes every second trial of each broadcast batch."""
 
     def __init__(self, evaluate):
         self.evaluate = evaluate
         self.broadcasts = []
+        self.claims: dict[str, int] = {}
 
     def broadcast_object(self, value, source=0, *, long_wait=False):
         self.broadcasts.append(value)
+        return value
+
+    def claim_next(self, key):
+        # Rank 0 gets 0, 2, 4, ...: rank 1 took the odd positions in between.
+        value = self.claims.get(key, 0)
+        self.claims[key] = value + 2
         return value
 
     def all_gather_objects(self, value, *, long_wait=False):
@@ -357,6 +364,7 @@ def _run_as_rank_zero(monkeypatch, config):
     monkeypatch.setattr(distributed, "_active", distributed.DistributedContext(rank=0, world_size=2))
     monkeypatch.setattr(distributed, "broadcast_object", fake.broadcast_object)
     monkeypatch.setattr(distributed, "all_gather_objects", fake.all_gather_objects)
+    monkeypatch.setattr(distributed, "claim_next", fake.claim_next)
     result = distributed_search.run_distributed_search(config, X, y, cv=cv, estimator_factory=factory)
     return result, fake
 
@@ -368,6 +376,20 @@ def test_bayesian_search_asks_one_point_per_rank(monkeypatch):
     batches = [message.params for message in fake.broadcasts if isinstance(message, distributed_search._Batch)]
     assert [len(batch) for batch in batches] == [2, 2, 2]
     assert [trial.number for trial in result.trials] == [1, 2, 3, 4, 5, 6]
+
+
+def test_random_search_batches_four_trials_per_rank(monkeypatch):
+    from quanttrain.trainer import distributed_search
+
+    result, fake = _run_as_rank_zero(monkeypatch, _search_config("RANDOM_SEARCH", 6))
+    batches = [message.params for message in fake.broadcasts if isinstance(message, distributed_search._Batch)]
+    assert [len(batch) for batch in batches] == [6]
+    assert [trial.number for trial in result.trials] == [1, 2, 3, 4, 5, 6]
+
+
+def test_claims_share_out_a_batch_once():
+    keys = [distributed.claim_next("claims-test") for _ in range(3)]
+    assert keys == [0, 1, 2]
 
 
 def test_spread_search_has_single_process_form(monkeypatch):
@@ -386,10 +408,12 @@ def test_spread_search_has_single_process_form(monkeypatch):
 def test_follower_evaluates_its_share(monkeypatch):
     from quanttrain.trainer import distributed_search
 
-    messages = iter([distributed_search._Batch([{"a": 0}, {"a": 1}, {"a": 2}]),
+    messages = iter([distributed_search._Batch([{"a": 0}, {"a": 1}, {"a": 2}], "key-1"),
                      distributed_search._Outcome(result="done")])
+    claims = iter([1, 3])
     gathered = []
     monkeypatch.setattr(distributed, "_active", distributed.DistributedContext(rank=1, world_size=2))
+    monkeypatch.setattr(distributed, "claim_next", lambda key: next(claims))
     monkeypatch.setattr(distributed, "broadcast_object", lambda value, source=0, long_wait=False: next(messages))
     monkeypatch.setattr(distributed, "all_gather_objects",
                         lambda value, long_wait=False: gathered.append(value) or [[], value])

@@ -311,6 +311,29 @@ def all_gather_objects(value: Any, *, long_wait: bool = False) -> list[Any]:
     return gathered
 
 
+def claim_next(key: str) -> int:
+    """Return the next value, from 0 up, of a counter that every rank shares under ``key``.
+
+    Each value goes to exactly one rank, so ranks can take work items from a
+    list one at a time.  A single process counts on its own.
+    """
+    if not _active.is_distributed:
+        value = _local_counters.get(key, 0)
+        _local_counters[key] = value + 1
+        return value
+    import torch.distributed as dist
+
+    with translate_errors("claiming the next work item"):
+        # NB: the default store is the key-value store that the ranks met through; its
+        # atomic add gives a shared counter without another server.  The accessor is
+        # private (checked against torch 2.13), so a torch upgrade may move it.
+        store = dist.distributed_c10d._get_default_store()
+        return int(store.add(key, 1)) - 1
+
+
+_local_counters: dict[str, int] = {}
+
+
 def gather_objects_to_primary(value: Any) -> list[Any] | None:
     """Return every rank's ``value``, ordered by rank, on rank 0, and None on the others."""
     import torch.distributed as dist

@@ -3,11 +3,14 @@
 Rank 0 runs the ordinary search (:func:`~quanttrain.trainer.search.run_search`)
 and alone decides what to try next and when to stop (Max Training Time, the
 trial budget, Bayesian proposals).  Its trial runner sends each batch of
-parameter sets to every rank; rank r evaluates trials r, r+W, ... of the batch
-(W ranks) by walk-forward cross-validation on its own copy of the data, and
-the trials are gathered back into batch order.  The search requests W points
-per batch (times Parallel Jobs, which each rank runs as local worker
-processes), so Bayesian search gets one point per rank and round.
+parameter sets to every rank.  Each rank takes the batch's next untaken trial
+from a counter that all ranks share, evaluates it by walk-forward
+cross-validation on its own copy of the data, and takes another until the
+batch is used up; the trials are then gathered back into batch order.  Bayesian
+search requests one point per rank and round; grid and random search request
+four per rank, so a rank with quick trials takes more of them.  With Parallel
+Jobs above 1, rank r instead takes trials r, r+W, ... (W ranks) and runs them
+in its local worker processes.
 
 The other ranks do not run the search loop at all: they follow rank 0's
 messages until it sends the outcome.  Only one process ever compares the
@@ -25,12 +28,13 @@ import dataclasses
 import functools
 import logging
 import os
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from quanttrain.trainer import distributed
 from quanttrain.trainer import search as search_module
-from quanttrain.trainer.config import TrainingJobConfig
+from quanttrain.trainer.config import SearchMethod, TrainingJobConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,14 @@ Evaluate = Callable[[dict[str, Any]], "search_module.Trial"]
 @dataclasses.dataclass(frozen=True)
 class _Batch:
     params: list[dict[str, Any]]
+    # Key of the shared counter that the ranks take this batch's trials from.
+    claim_key: str = ""
+
+
+# Trials per rank in a batch of grid or random search.  A rank that finishes a
+# quick trial takes the next one, which evens out trials of unequal cost; the
+# price is that Max Training Time is checked only between batches.
+TRIALS_PER_RANK_PER_BATCH = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,10 +71,14 @@ class DistributedTrialRunner:
     def __init__(self, evaluate: Evaluate, n_jobs: int = 1) -> None:
         self._evaluate = evaluate
         self._n_jobs = n_jobs
+        self._search_id = uuid.uuid4().hex
+        self._batches = 0
 
     def __call__(self, batch: list[dict[str, Any]]) -> list[search_module.Trial]:
-        distributed.broadcast_object(_Batch(list(batch)), long_wait=True)
-        return _evaluate_share(batch, self._evaluate, self._n_jobs)
+        self._batches += 1
+        message = _Batch(list(batch), f"quanttrain/search/{self._search_id}/{self._batches}")
+        distributed.broadcast_object(message, long_wait=True)
+        return _evaluate_share(message, self._evaluate, self._n_jobs)
 
     def finish(self, result: Any = None, error: BaseException | None = None) -> None:
         """Send the search's outcome to the other ranks, releasing them from :func:`follow`."""
@@ -88,23 +104,41 @@ def follow(evaluate: Evaluate, n_jobs: int = 1) -> Any:
             if message.error is not None:
                 raise PrimarySearchError(f"the search failed on rank 0: {message.error}")
             return message.result
-        _evaluate_share(message.params, evaluate, n_jobs)
+        _evaluate_share(message, evaluate, n_jobs)
 
 
-def _evaluate_share(batch: list[dict[str, Any]], evaluate: Evaluate, n_jobs: int) -> list[search_module.Trial]:
-    """Evaluate trials rank, rank+W, ... of ``batch`` and gather every rank's trials in batch order."""
+def _evaluate_share(message: _Batch, evaluate: Evaluate, n_jobs: int) -> list[search_module.Trial]:
+    """Evaluate this rank's trials of the batch and gather every rank's trials in batch order.
+
+    With one trial at a time per rank, each rank takes the next trial from a
+    shared counter as soon as it is free.  With Parallel Jobs above 1, rank r
+    takes trials r, r+W, ... and runs them in its local workers.
+    """
+    batch = message.params
     context = distributed.current_context()
-    # TODO: hand out trials from a shared counter instead of a fixed stride, so a rank that
-    # finishes early takes the next one; with the stride, a batch waits for its slowest trial.
-    positions = list(range(context.rank, len(batch), context.world_size))
-    local = search_module.run_locally([batch[index] for index in positions], evaluate, n_jobs) if positions else []
+    if n_jobs == 1:
+        pairs = []
+        while (index := distributed.claim_next(message.claim_key)) < len(batch):
+            pairs.append((index, evaluate(batch[index])))
+    else:
+        positions = list(range(context.rank, len(batch), context.world_size))
+        local = search_module.run_locally([batch[index] for index in positions], evaluate, n_jobs) if positions else []
+        pairs = list(zip(positions, local))
     # Trials can outlast the collective timeout, so the gather waits as long as the slowest share takes.
-    gathered = distributed.all_gather_objects(list(zip(positions, local)), long_wait=True)
+    gathered = distributed.all_gather_objects(pairs, long_wait=True)
     ordered: list[Any] = [None] * len(batch)
     for pairs in gathered:
         for position, trial in pairs:
             ordered[position] = trial
     return ordered
+
+
+def _batch_size(config: TrainingJobConfig, world_size: int, n_jobs: int) -> int:
+    """Return the trials per batch: one point per rank and worker for Bayesian search, more for the others."""
+    per_rank = n_jobs
+    if config.training.hyperparameter_optimization is not SearchMethod.BAYESIAN and n_jobs == 1:
+        per_rank = TRIALS_PER_RANK_PER_BATCH
+    return world_size * per_rank
 
 
 def run_distributed_search(
@@ -135,11 +169,12 @@ def run_distributed_search(
         return follow(evaluate, n_jobs)
 
     runner = distributed_trial_runner(context, evaluate, n_jobs)
-    log.info("spreading the search over %d ranks, %d trial(s) per rank and batch", context.world_size, n_jobs)
+    batch_size = _batch_size(config, context.world_size, n_jobs)
+    log.info("spreading the search over %d ranks, %d trial(s) per batch", context.world_size, batch_size)
     try:
         result = search_module.run_search(
             config, X, y, cv=cv, estimator_factory=estimator_factory, deadline=deadline,
-            trial_runner=runner, batch_size=context.world_size * n_jobs,
+            trial_runner=runner, batch_size=batch_size,
         )
     except distributed.DistributedError:
         raise  # the group is broken: the other ranks fail on their own collective
