@@ -68,18 +68,18 @@ def _fail(message: str) -> int:
     return 1
 
 
-def _choose(specs, wanted: str | None):
+def _choose(specs, requested: str | None):
     """Return the spec of the requested strategy, or an error message."""
-    if wanted is None:
+    if requested is None:
         if len(specs) == 1:
             return specs[0][1]
         names = ", ".join(spec.strategy.name for _, spec in specs)
         return f"the inputs hold {len(specs)} strategies ({names}); choose one with --strategy NAME"
     for job_name, spec in specs:
-        if wanted in (job_name, spec.strategy.name):
+        if requested in (job_name, spec.strategy.name):
             return spec
     names = ", ".join(f"{spec.strategy.name!r} ({job_name})" for job_name, spec in specs)
-    return f"no strategy named {wanted!r}; the inputs hold {names}"
+    return f"no strategy named {requested!r}; the inputs hold {names}"
 
 
 def _feature_table(bars, config, *, keep_all_rows: bool):
