@@ -12,7 +12,6 @@ import pytest
 from quanttrain.trainer.config import load_job_config
 from quanttrain.trainer.data import load_bars
 from quanttrain.trainer.dataset import build_dataset
-from quanttrain.trainer.market_data import export_market_data
 from quanttrain.trainer.pipeline import JobInputError, train_job
 from quanttrain.trainer.registry import ModelRegistry
 from quanttrain.trainer.summary import EXIT_GATE_FAILED, EXIT_OK, MAX_SUMMARY_BYTES
@@ -44,10 +43,8 @@ JOB = {
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("market-data")
-    export_market_data(folder)
-    return folder
+def data_dir(market_data_dir):
+    return market_data_dir
 
 
 def _config(**sections):

@@ -14,11 +14,10 @@ import urllib.request
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
-from serving_fixtures import STRATEGY_KEY, bar_payloads, train_tiny_model
+from serving_fixtures import STRATEGY_KEY, bar_payloads
 
 from quanttrain.operator.cli import main
 from quanttrain.trainer.data import load_bars
-from quanttrain.trainer.market_data import export_market_data
 from quanttrain.trainer.serve_app import create_app
 from quanttrain.trainer.serving import ServedModel, parse_bars, predict_history
 
@@ -27,15 +26,13 @@ EXTRA_BARS = 5
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("market-data")
-    export_market_data(folder)
-    return folder
+def data_dir(market_data_dir):
+    return market_data_dir
 
 
 @pytest.fixture(scope="module")
-def registry(data_dir, tmp_path_factory):
-    return train_tiny_model(data_dir, tmp_path_factory.mktemp("registry"))
+def registry(serving_registry):
+    return serving_registry
 
 
 @pytest.fixture(scope="module")

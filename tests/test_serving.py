@@ -9,12 +9,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from serving_fixtures import JOB, STRATEGY_KEY, bar_payloads, train_tiny_model
+from serving_fixtures import JOB, STRATEGY_KEY, bar_payloads
 
 from quanttrain.trainer.config import load_job_config
 from quanttrain.trainer.data import load_bars
 from quanttrain.trainer.dataset import build_dataset
-from quanttrain.trainer.market_data import export_market_data
 from quanttrain.trainer.registry import TamperedArtifactError
 from quanttrain.trainer.serving import (
     BarError,
@@ -37,15 +36,13 @@ STREAM_EXTRA = 40
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("market-data")
-    export_market_data(folder)
-    return folder
+def data_dir(market_data_dir):
+    return market_data_dir
 
 
 @pytest.fixture(scope="module")
-def registry(data_dir, tmp_path_factory):
-    return train_tiny_model(data_dir, tmp_path_factory.mktemp("registry"))
+def registry(serving_registry):
+    return serving_registry
 
 
 @pytest.fixture(scope="module")

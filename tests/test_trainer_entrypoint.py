@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from quanttrain.trainer.entrypoint import is_primary_rank
-from quanttrain.trainer.market_data import export_market_data
 from quanttrain.trainer.summary import EXIT_CONFIG_ERROR, EXIT_GATE_FAILED, EXIT_OK, TrainingSummary
 
 pytestmark = pytest.mark.slow
@@ -38,10 +37,8 @@ RESOURCE = {
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("market-data")
-    export_market_data(folder)
-    return folder
+def data_dir(market_data_dir):
+    return market_data_dir
 
 
 def _run(tmp_path, data_dir, resource, *, environment=None):
