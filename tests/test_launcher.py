@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from torchrun_support import child_environment, free_port
 
 from quanttrain.trainer import launcher
 from quanttrain.trainer.entrypoint import exit_status
@@ -111,29 +112,15 @@ def test_worker_outside_the_launcher_keeps_its_code(monkeypatch):
 # --- the launcher under real torchrun ---------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _child_environment() -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                          launcher.EXIT_CODE_DIR_ENV)}
-    env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "QUANTTRAIN_COLLECTIVE_TIMEOUT_SECONDS": "60"})
-    return env
-
-
 def _launch(folder: Path, *worker: str) -> subprocess.CompletedProcess[str]:
     """Run the launcher as the operator's pods do, on one node with two workers."""
     command = [
         sys.executable, "-m", "quanttrain.trainer.launcher", "--nnodes=1", "--nproc-per-node=2",
-        "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}", f"--rdzv-id={uuid.uuid4()}",
+        "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", f"--rdzv-id={uuid.uuid4()}",
         "--rdzv-conf=join_timeout=60,read_timeout=30", "--max-restarts=0", "--monitor-interval=0.5",
         *worker,
     ]
-    return subprocess.run(command, cwd=folder, env=_child_environment(), capture_output=True, text=True,
+    return subprocess.run(command, cwd=folder, env=child_environment(60), capture_output=True, text=True,
                           timeout=RUN_TIMEOUT, check=False)
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from torchrun_support import child_environment, free_port
+
 pytest.importorskip("torch")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -76,20 +78,6 @@ def _lstm_spec(folder: Path, name: str, max_epochs: int) -> Path:
     }, window_days=60)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _child_environment() -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-                "QUANTTRAIN_COLLECTIVE_TIMEOUT_SECONDS": str(COLLECTIVE_TIMEOUT)})
-    return env
-
-
 class Node:
     """One torchrun agent (a pod) with its worker, logging to a file."""
 
@@ -108,7 +96,7 @@ class Node:
         with open(self.log_path, "ab") as log:
             # A new session, so the test can signal the agent and its worker together.
             self.process = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT,
-                                            env=_child_environment(), start_new_session=True)
+                                            env=child_environment(COLLECTIVE_TIMEOUT), start_new_session=True)
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -154,7 +142,7 @@ def cluster(workdir):
     started: list[Node] = []
 
     def start(spec: Path, labels: tuple[str, str], run_id: str | None = None) -> list[Node]:
-        port = _free_port()
+        port = free_port()
         endpoint = f"127.0.0.1:{port}"
         run_id = run_id or str(uuid.uuid4())
         first = Node(workdir, labels[0], spec, endpoint, run_id)
@@ -286,7 +274,7 @@ def test_search_matches_single_process(workdir, cluster, model_type):
     single = subprocess.run(
         [sys.executable, "-m", "quanttrain.trainer", "--spec", str(spec), "--registry", str(workdir / "registry"),
          "--output", str(single_output), "--termination-log", str(workdir / f"termination-{model_type}-single.txt")],
-        cwd=workdir, env=_child_environment(), capture_output=True, text=True, timeout=NODE_WAIT, check=False,
+        cwd=workdir, env=child_environment(COLLECTIVE_TIMEOUT), capture_output=True, text=True, timeout=NODE_WAIT, check=False,
     )
     codes = [node.wait() for node in nodes]
     assert single.returncode == 0, single.stderr[-3000:]
