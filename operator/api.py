@@ -59,7 +59,7 @@ class Toleration(CamelModel):
 
 
 class RunPolicy(CamelModel):
-    """How the Job runs and is cleaned up, as in Kubeflow's run policy."""
+    """Run and clean-up settings of the Job, as in Kubeflow's run policy."""
 
     backoff_limit: int = Field(default=3, ge=0, le=100, description="Pod retries before the job fails.")
     active_deadline_seconds: int | None = Field(
@@ -72,7 +72,7 @@ class RunPolicy(CamelModel):
 
 
 class VolumeSource(CamelModel):
-    """Where datasets or the registry live in a pod: a PVC, a host path, or an emptyDir."""
+    """Volume of datasets or of the registry in a pod: a PVC, a host path, or an emptyDir."""
 
     persistent_volume_claim: str | None = Field(default=None, description="Name of a PersistentVolumeClaim.")
     host_path: str | None = Field(default=None, description="Path on the node (single-node clusters only).")

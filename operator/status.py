@@ -4,7 +4,7 @@ Nothing here performs I/O.  The handlers collect small facts about the Job and
 its pods (:class:`JobFacts`, :class:`PodFacts`), call :func:`desired_status`
 and write the result only when :func:`status_patch` finds a difference.  The
 status is level-based: the same inputs always give the same status, so an
-operator that restarts mid-job converges to the same answer.
+operator that restarts mid-job converges to the same status.
 
 A terminal phase (Succeeded, Failed) never changes again.
 """

@@ -40,12 +40,12 @@ LISTS_SHEET = "_Lists"
 DOCUMENT_DATE = datetime.datetime(2024, 1, 1)
 # The earliest time a zip entry can carry (MS-DOS time starts in 1980).
 ZIP_ENTRY_TIME = (1980, 1, 1, 0, 0, 0)
-# openpyxl 3.1 writes the time of the save here, whatever the workbook's properties say.
+# openpyxl 3.1 writes the time of the save here, whatever the workbook's properties contain.
 _MODIFIED = re.compile(rb"(<dcterms:modified[^>]*>)[^<]*(</dcterms:modified>)")
 HEADER_FILL = PatternFill("solid", fgColor="DDEBF7")
 
 
-# What to enter in the columns whose dropdown lists names but also takes typed text.
+# Input prompts for the columns whose dropdown lists names but also takes typed text.
 _LIST_HINTS = {
     "calculation method": "a TA-Lib function name such as RSI, MACD or ATR, or a derived method: "
                           + ", ".join(DERIVED_METHODS) + ". Pick one from the list or type it.",

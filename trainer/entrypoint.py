@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         write_termination_log(termination_log, f"invalid job input: {error}")
         return EXIT_CONFIG_ERROR
     except distributed.DistributedError as error:
-        # The message says which collective failed and that the Job retries; no traceback needed.
+        # The message names the failed collective and states that the Job retries, so no traceback is needed.
         logger.error("%s", error)
         write_termination_log(termination_log, str(error))
         return error.exit_code

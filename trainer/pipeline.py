@@ -163,7 +163,7 @@ def train_job(
     from quanttrain.operator.api import kubernetes_name
 
     run = _Run(config, Progress(progress), strategy_key or kubernetes_name(config.strategy.name), base_dir)
-    # Every rank knows the folder, because all ranks must agree on whether to resume.
+    # Every rank computes the folder, because all ranks must agree on whether to resume.
     run.checkpoint_dir = run.checkpoint_folder(Path(registry_dir))
     if not write_results:
         return run.execute(None, None)
@@ -380,7 +380,7 @@ class _Run:
             return estimator.fit(fit.X, fit.y)
 
     def checkpoint_folder(self, registry_dir: Path) -> Path | None:
-        """The LSTM's checkpoint folder on the registry volume when Checkpoint is on, else None."""
+        """Return the LSTM's checkpoint folder on the registry volume when Checkpoint is on, else None."""
         if not self.config.training.checkpoint:
             return None
         from quanttrain.trainer.ddp_lstm import checkpoint_directory

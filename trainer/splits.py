@@ -152,7 +152,7 @@ def max_train_rows(index: pd.DatetimeIndex, window_days: int) -> int:
     full = stamps - window >= stamps[0]
     if not full.any():
         return len(index)
-    # Row t's window holds rows whose timestamps are in (t - window, t].
+    # Row t's window contains the rows whose timestamps are in (t - window, t].
     starts = np.searchsorted(stamps, stamps - window, side="right")
     counts = np.arange(len(stamps)) - starts + 1
     return int(np.median(counts[full]))

@@ -78,7 +78,7 @@ class Evaluation(CamelModel):
 
 
 class ModelReference(CamelModel):
-    """Where the trained model was registered."""
+    """Location of the registered model."""
 
     uri: str
     version: str
@@ -93,7 +93,7 @@ class Gate(CamelModel):
 
 
 class TrainingSummary(CamelModel):
-    """What the operator writes to ``status``."""
+    """The trainer's outcome that the operator writes to ``status``."""
 
     strategy: str
     model_type: str
