@@ -144,3 +144,12 @@ def test_unknown_spec_key_is_an_error():
     with pytest.raises(ConfigError) as caught:
         load_job_config({**VALID, "strategyy": {}})
     assert "strategyy" in paths_of(caught.value)
+
+
+def test_trainer_ignores_exactly_the_kubernetes_fields():
+    from quanttrain.operator.api import MLTrainingJobSpec
+    from quanttrain.trainer.config import _KUBERNETES_ONLY_KEYS
+
+    resource_keys = {field.alias for field in MLTrainingJobSpec.model_fields.values()}
+    config_keys = {field.alias for field in TrainingJobConfig.model_fields.values()}
+    assert resource_keys - config_keys == set(_KUBERNETES_ONLY_KEYS)

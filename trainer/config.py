@@ -39,8 +39,6 @@ class CamelModel(BaseModel):
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
-        use_enum_values=False,
-        frozen=False,
     )
 
     def to_spec(self) -> dict[str, Any]:
@@ -354,10 +352,7 @@ class TrainingJobConfig(CamelModel):
 
 
 # Spec keys of an MLTrainingJob that the trainer does not read.
-_KUBERNETES_ONLY_KEYS = frozenset(
-    {"image", "resources", "nodeSelector", "tolerations", "runPolicy", "storage",
-     "schedulerName", "priorityClassName", "serviceAccountName", "queueName", "gang"}
-)
+_KUBERNETES_ONLY_KEYS = frozenset({"image", "resources", "nodeSelector", "tolerations", "runPolicy", "storage"})
 
 Path = tuple[str | int, ...]
 
