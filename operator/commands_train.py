@@ -77,14 +77,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # -- train ---------------------------------------------------------------------------
 
 
-def _select(jobs: list[tuple[str, Any]], wanted: list[str] | None) -> tuple[list[tuple[str, Any]], list[str]]:
-    """Return the jobs named by ``wanted`` (all without it) and the names that matched none."""
-    if not wanted:
+def _select(jobs: list[tuple[str, Any]], requested: list[str] | None) -> tuple[list[tuple[str, Any]], list[str]]:
+    """Return the jobs named by ``requested`` (all without it) and the names that matched none."""
+    if not requested:
         return jobs, []
-    keys = {name.casefold() for name in wanted} | {kubernetes_name(name) for name in wanted}
+    keys = {name.casefold() for name in requested} | {kubernetes_name(name) for name in requested}
     selected = [(name, spec) for name, spec in jobs if name in keys or spec.strategy.name.casefold() in keys]
     matched = {name for name, _ in selected} | {spec.strategy.name.casefold() for _, spec in selected}
-    missing = [name for name in wanted if name.casefold() not in matched and kubernetes_name(name) not in matched]
+    missing = [name for name in requested if name.casefold() not in matched and kubernetes_name(name) not in matched]
     return selected, missing
 
 

@@ -333,11 +333,11 @@ def backtest(
 
         can_trade = halted_at is None and t < n - 1 and t % every == 0
         if can_trade and not (days is not None and blocked_day == days[t]):
-            wanted = direction[t]
-            if simulation.position is not None and simulation.position.direction != wanted:
+            signal = direction[t]
+            if simulation.position is not None and simulation.position.direction != signal:
                 simulation.close(t, close[t], "signal")
-            if wanted != 0 and simulation.position is None and sizes[t] > 0:
-                simulation.open(t, wanted, sizes[t], stop_scales[t], take_scales[t])
+            if signal != 0 and simulation.position is None and sizes[t] > 0:
+                simulation.open(t, signal, sizes[t], stop_scales[t], take_scales[t])
         equity[t] = simulation.equity
 
     if simulation.position is not None:

@@ -65,10 +65,10 @@ def horizon_bars(horizon_minutes: float, interval_minutes: float) -> int:
 
 def label_column(bars: pd.DataFrame, config: TrainingJobConfig) -> str | None:
     """Return the data column that Target Variable names, or None when the target is computed."""
-    wanted = config.features.target_variable.strip().casefold()
+    requested = config.features.target_variable.strip().casefold()
     for name in bars.columns:
-        if str(name).strip().casefold() == wanted:
-            if wanted in RAW_COLUMNS:
+        if str(name).strip().casefold() == requested:
+            if requested in RAW_COLUMNS:
                 raise TargetError(
                     f"Target Variable {config.features.target_variable!r} is a price column; "
                     "name a column that contains labels, or a new name for the computed target"
